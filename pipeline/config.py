@@ -1,0 +1,200 @@
+"""Job configuration: one pydantic model per concern, loaded from YAML.
+
+Every model forbids unknown fields, so a typo in a config fails before any work
+with the field's path (``stages.coarse.batch_sise``) instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGE_NAMES = ("semantic", "coarse", "fine", "codec")
+StageName = Literal["semantic", "coarse", "fine", "codec"]
+DType = Literal["float32", "float16", "bfloat16"]
+AttentionImpl = Literal["eager", "flash_attention_2"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SunoFiles(Strict):
+    """File names of the original Suno checkpoints inside ``model.source``."""
+
+    semantic: str = "text_2.pt"
+    coarse: str = "coarse_2.pt"
+    fine: str = "fine_2.pt"
+
+
+class ModelConfig(Strict):
+    """Where the weights come from.
+
+    ``format: hf`` reads a Hugging Face checkpoint in the layout of ``suno/bark``
+    (a hub id or a local directory). ``format: suno`` reads Suno's original
+    ``text/coarse/fine`` ``.pt`` files from a local directory, with EnCodec 24 kHz
+    from the ``encodec`` package and the BERT tokenizer named by ``tokenizer``.
+    """
+
+    source: str
+    format: Literal["hf", "suno"] = "hf"
+    revision: str | None = None
+    suno_files: SunoFiles = SunoFiles()
+    tokenizer: str | None = Field(
+        default=None,
+        description="hub id or directory of the text tokenizer; default: the checkpoint's "
+        "own (hf) or bert-base-multilingual-cased (suno)",
+    )
+    codec_checkpoint: str | None = Field(
+        default=None,
+        description="suno format only: an encodec 24 kHz state-dict file; default: the "
+        "encodec package's pretrained download",
+    )
+    make_tiny_if_missing: bool = Field(
+        default=False,
+        description="create a random-weight tiny checkpoint at `source` when it does not exist",
+    )
+
+
+class StageConfig(Strict):
+    """How one stage is deployed and run."""
+
+    replicas: int = Field(default=1, ge=1)
+    num_gpus: float | Literal["auto"] = Field(
+        default="auto",
+        description="GPU share per replica; 'auto' asks for one GPU when the cluster has GPUs, none otherwise",
+    )
+    num_cpus: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+    dtype: DType = "float32"
+    attn_implementation: AttentionImpl = "eager"
+    torch_threads: int | None = Field(default=None, ge=1)
+    max_restarts: int = Field(default=3, ge=-1)
+    max_task_retries: int = Field(default=3, ge=-1)
+
+    @model_validator(mode="after")
+    def _gpu_share(self) -> StageConfig:
+        if self.num_gpus != "auto" and not (0 <= self.num_gpus and (self.num_gpus <= 1 or self.num_gpus == int(self.num_gpus))):
+            raise ValueError("num_gpus must be 'auto', a fraction in [0, 1], or a whole number")
+        return self
+
+
+class StagesConfig(Strict):
+    semantic: StageConfig = StageConfig()
+    coarse: StageConfig = StageConfig()
+    fine: StageConfig = StageConfig()
+    codec: StageConfig = StageConfig()
+
+    def of(self, stage: StageName) -> StageConfig:
+        return getattr(self, stage)
+
+
+class SamplingConfig(Strict):
+    """Sampling for one autoregressive or iterative stage. ``temperature: 0`` is greedy."""
+
+    temperature: float = Field(ge=0)
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+
+class SemanticSampling(SamplingConfig):
+    temperature: float = Field(default=0.7, ge=0)
+    min_eos_p: float | None = Field(default=0.2, gt=0, le=1)
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="default: the checkpoint's generation config (768)"
+    )
+
+
+class CoarseSampling(SamplingConfig):
+    temperature: float = Field(default=0.7, ge=0)
+
+
+class FineSampling(Strict):
+    temperature: float = Field(default=0.5, ge=0)
+
+
+class SamplingSet(Strict):
+    """Upstream Bark's defaults: text 0.7, coarse 0.7, fine 0.5."""
+
+    semantic: SemanticSampling = SemanticSampling()
+    coarse: CoarseSampling = CoarseSampling()
+    fine: FineSampling = FineSampling()
+
+
+class TextConfig(Strict):
+    """Chunk budget: each chunk stays inside Bark's ~13 s window."""
+
+    max_chars: int = Field(default=220, ge=1)
+    max_tokens: int = Field(default=200, ge=1, le=256)
+
+
+class OutputConfig(Strict):
+    format: Literal["wav", "flac"] = "wav"
+    silence_between_chunks_s: float = Field(default=0.25, ge=0)
+
+
+class SchedulerConfig(Strict):
+    max_chunks_in_flight: int = Field(default=64, ge=1)
+
+
+class RayConfig(Strict):
+    """How the driver connects. ``address: null`` starts (or joins, under ``ray job submit``) Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+
+
+class JobConfig(Strict):
+    model: ModelConfig
+    stages: StagesConfig = StagesConfig()
+    sampling: SamplingSet = SamplingSet()
+    text: TextConfig = TextConfig()
+    output: OutputConfig = OutputConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    ray: RayConfig = RayConfig()
+    voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")
+    seed: int = Field(default=0, ge=0)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the field."""
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{path}: {err['msg']}{more}"
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    """Read a YAML job config; relative model paths resolve against the config's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    try:
+        config = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"config {path}: {_first_error_line(exc)}") from None
+    return _resolve_relative_paths(config, path.parent)
+
+
+def _resolve_relative_paths(config: JobConfig, base: Path) -> JobConfig:
+    source = config.model.source
+    if source.startswith((".", "/")) or (base / source).exists():
+        candidate = Path(source) if Path(source).is_absolute() else (base / source).resolve()
+        model = config.model.model_copy(update={"source": str(candidate)})
+        return config.model_copy(update={"model": model})
+    return config

@@ -1,0 +1,71 @@
+"""Records that cross a process boundary: driver -> stage actors -> driver.
+
+Token arrays ride along as numpy arrays (Ray stores them zero-copy in the object
+store); everything else is plain, validated data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.config import CoarseSampling, FineSampling, SemanticSampling
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class VoicePrompt(Record):
+    """A Bark speaker prompt (history): the three token arrays of a voice preset."""
+
+    name: str
+    semantic_prompt: np.ndarray  # (T,) semantic ids in [0, semantic_vocab)
+    coarse_prompt: np.ndarray  # (2, T') codebook ids in [0, codebook_size)
+    fine_prompt: np.ndarray  # (8, T') codebook ids in [0, codebook_size)
+
+    @field_validator("semantic_prompt", "coarse_prompt", "fine_prompt")
+    @classmethod
+    def _as_int64(cls, value: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(value).astype(np.int64, copy=False))
+
+
+class SemanticRequest(Record):
+    key: str
+    text_ids: list[int] = Field(description="tokenizer ids of the chunk's text, no special tokens")
+    voice: VoicePrompt | None = None
+    seed: int
+    sampling: SemanticSampling
+
+
+class CoarseRequest(Record):
+    key: str
+    voice: VoicePrompt | None = None
+    seed: int
+    sampling: CoarseSampling
+
+
+class FineRequest(Record):
+    key: str
+    voice: VoicePrompt | None = None
+    seed: int
+    sampling: FineSampling
+
+
+class CodecRequest(Record):
+    key: str
+
+
+class StageOutput(Record):
+    """One chunk's output of one stage, with the stage timings so far."""
+
+    key: str
+    tokens: np.ndarray
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+
+
+class AudioOutput(Record):
+    key: str
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    timings: dict[str, float] = Field(default_factory=dict)
