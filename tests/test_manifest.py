@@ -1,0 +1,82 @@
+"""Manifest: durable appends, last line per id wins, torn lines from a crash are harmless."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.manifest import MANIFEST_NAME, Manifest, ManifestEntry
+
+OK = ManifestEntry(id="a", status="ok", uri="file:///out/a.wav", duration_s=12.5)
+FAILED = ManifestEntry(id="b", status="failed", error="VoiceError: bad voice")
+
+
+def test_append_and_read(tmp_path):
+    with Manifest(tmp_path) as manifest:
+        manifest.append(OK)
+        manifest.append(FAILED)
+    lines = (tmp_path / MANIFEST_NAME).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert Manifest.read(tmp_path) == {"a": OK, "b": FAILED}
+
+
+def test_lines_are_on_disk_before_close(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.append(OK)
+    assert Manifest.read(tmp_path) == {"a": OK}
+    manifest.close()
+
+
+def test_last_line_for_an_id_wins_across_runs(tmp_path):
+    with Manifest(tmp_path) as manifest:
+        manifest.append(ManifestEntry(id="b", status="failed", error="oom"))
+    with Manifest(tmp_path) as manifest:  # a rerun retries b
+        manifest.append(ManifestEntry(id="b", status="ok", uri="file:///b.wav", duration_s=1.0))
+    assert Manifest.read(tmp_path)["b"].status == "ok"
+
+
+def test_missing_manifest_reads_empty(tmp_path):
+    assert Manifest.read(tmp_path / "nowhere") == {}
+
+
+def test_torn_last_line_is_ignored_then_cut_before_appending(tmp_path):
+    with Manifest(tmp_path) as manifest:
+        manifest.append(OK)
+    path = tmp_path / MANIFEST_NAME
+    with open(path, "a", encoding="utf-8") as file:
+        file.write('{"id": "b", "status": "o')  # killed mid-write
+    assert Manifest.read(tmp_path) == {"a": OK}
+    with Manifest(tmp_path) as manifest:
+        manifest.append(FAILED)
+    assert Manifest.read(tmp_path) == {"a": OK, "b": FAILED}
+    assert path.read_text(encoding="utf-8").count("\n") == 2
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / MANIFEST_NAME
+    path.write_text(OK.model_dump_json(), encoding="utf-8")
+    assert Manifest.read(tmp_path) == {"a": OK}
+    with Manifest(tmp_path) as manifest:
+        manifest.append(FAILED)
+    assert Manifest.read(tmp_path) == {"a": OK, "b": FAILED}
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / MANIFEST_NAME
+    path.write_text(OK.model_dump_json() + "\nnot json\n" + FAILED.model_dump_json() + "\n")
+    with pytest.raises(ValueError, match=f"{MANIFEST_NAME}:2"):
+        Manifest.read(tmp_path)
+
+
+def test_non_ascii_ids_and_errors(tmp_path):
+    entry = ManifestEntry(id="日本/章 1", status="failed", error="line one\nline two")
+    with Manifest(tmp_path) as manifest:
+        manifest.append(entry)
+    assert Manifest.read(tmp_path) == {entry.id: entry}
+
+
+def test_entries_are_validated():
+    with pytest.raises(ValidationError):
+        ManifestEntry(id="a", status="done")
+    with pytest.raises(ValidationError):
+        ManifestEntry(id="a", status="ok", extra=1)
