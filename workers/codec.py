@@ -19,6 +19,6 @@ def decode_audio(codec, fine_tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
     device = next(codec.parameters()).device
     audios = []
     for codes in fine_tokens:
-        codes = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=device)[None]
+        codes = torch.tensor(codes, dtype=torch.long, device=device)[None]  # copies: object-store arrays are read-only
         audios.append(codec.decode(codes)[0].float().cpu().numpy())
     return audios

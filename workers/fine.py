@@ -35,10 +35,10 @@ def _prepare(request: FineRequest, coarse: np.ndarray, settings: BarkSettings, d
     pad = settings.codebook_size
     n_coarse, n_frames = coarse.shape
     codes = torch.full((n_frames, cfg.n_fine_codebooks), pad, dtype=torch.long)
-    codes[:, :n_coarse] = torch.as_tensor(coarse.T)
+    codes[:, :n_coarse] = torch.tensor(coarse.T)
     n_history = 0
     if request.voice is not None:
-        history = torch.as_tensor(request.voice.fine_prompt.T[-cfg.max_fine_history_length :], dtype=torch.long)
+        history = torch.tensor(request.voice.fine_prompt.T[-cfg.max_fine_history_length :], dtype=torch.long)
         codes = torch.cat([history, codes])
         n_history = len(history)
     if len(codes) < cfg.max_fine_input_length:

@@ -25,10 +25,10 @@ def _prompt_embeddings(model, settings: BarkSettings, requests: Sequence[Semanti
     text = torch.full((len(requests), width), cfg.text_pad_token, dtype=torch.long)
     history = torch.full((len(requests), width), cfg.semantic_pad_token, dtype=torch.long)
     for row, request in enumerate(requests):
-        ids = torch.as_tensor(request.text_ids[:width], dtype=torch.long) + cfg.text_encoding_offset
+        ids = torch.tensor(request.text_ids[:width], dtype=torch.long) + cfg.text_encoding_offset
         text[row, : len(ids)] = ids
         if request.voice is not None:
-            prompt = torch.as_tensor(request.voice.semantic_prompt[-width:], dtype=torch.long)
+            prompt = torch.tensor(request.voice.semantic_prompt[-width:], dtype=torch.long)
             history[row, : len(prompt)] = prompt
     infer = torch.full((len(requests), 1), cfg.semantic_infer_token, dtype=torch.long)
     embed = model.input_embeds_layer
