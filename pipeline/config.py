@@ -125,15 +125,39 @@ class SamplingSet(Strict):
 
 
 class TextConfig(Strict):
-    """Chunk budget: each chunk stays inside Bark's ~13 s window."""
+    """Chunk budget: each chunk stays inside Bark's ~13 s window (and never over 256 text tokens)."""
 
     max_chars: int = Field(default=220, ge=1)
     max_tokens: int = Field(default=200, ge=1, le=256)
+    language: str = Field(
+        default="auto", description="ISO 639-1 code for the sentence splitter; 'auto' guesses from the script"
+    )
+
+
+class SilenceConfig(Strict):
+    """Seconds of silence inserted at each kind of boundary between two chunks."""
+
+    sentence: float = Field(default=0.25, ge=0)
+    paragraph: float = Field(default=0.6, ge=0)
+    chapter: float = Field(default=1.5, ge=0)
+
+
+class TrimConfig(Strict):
+    """Trims each chunk's leading and trailing near-silence (and a quiet tail) before joining."""
+
+    enabled: bool = True
+    threshold_db: float = Field(default=-45.0, le=0, description="level below the chunk's peak counted as silence")
+    keep_s: float = Field(default=0.05, ge=0, description="silence kept at each edge of a chunk")
 
 
 class OutputConfig(Strict):
     format: Literal["wav", "flac"] = "wav"
-    silence_between_chunks_s: float = Field(default=0.25, ge=0)
+    sample_rate: int | None = Field(default=None, ge=8000, description="resample to this rate; null keeps Bark's 24 kHz")
+    silence: SilenceConfig = SilenceConfig()
+    crossfade_s: float = Field(default=0.01, ge=0, description="fade at every chunk edge, against clicks")
+    trim: TrimConfig = TrimConfig()
+    subtitles: bool = True
+    save_tokens: bool = Field(default=False, description="write each chunk's tokens as a voice-preset .npz")
 
 
 class SchedulerConfig(Strict):
@@ -148,6 +172,21 @@ class RayConfig(Strict):
     num_gpus: int | None = None
 
 
+VoiceMode = Literal["fixed", "chained"]
+
+
+class ItemParams(Strict):
+    """What one item may set for itself (a front-matter block or a dataset column); unset: the job's."""
+
+    voice: str | None = None
+    voice_mode: VoiceMode | None = None
+    voice_reset_every: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=0)
+    sampling: dict[Literal["semantic", "coarse", "fine"], dict] | None = Field(
+        default=None, description="per-stage overrides merged over the job's sampling, e.g. {semantic: {temperature: 0.6}}"
+    )
+
+
 class JobConfig(Strict):
     model: ModelConfig
     stages: StagesConfig = StagesConfig()
@@ -157,6 +196,14 @@ class JobConfig(Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     ray: RayConfig = RayConfig()
     voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")
+    voice_mode: VoiceMode = Field(
+        default="fixed",
+        description="fixed: every chunk uses the item's voice (chunks run in parallel); "
+        "chained: each chunk continues from the previous chunk's tokens (sequential within an item)",
+    )
+    voice_reset_every: int | None = Field(
+        default=None, ge=1, description="chained: go back to the item's voice every N chunks"
+    )
     seed: int = Field(default=0, ge=0)
 
 

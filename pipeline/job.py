@@ -170,7 +170,7 @@ class NarrationJob:
     def _finish(self, state: _ItemState) -> None:
         outputs = [state.audio[i] for i in range(len(state.chunks))]
         sample_rate = outputs[0].sample_rate
-        silence_s = self.config.output.silence_between_chunks_s
+        silence_s = self.config.output.silence.sentence
         audio = join_chunks([o.audio for o in outputs], sample_rate, silence_s)
         key = safe_key(state.item.id)
         audio_key = f"{key}.{self.config.output.format}"
