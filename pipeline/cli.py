@@ -31,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="narrate a text file or a folder of them")
     run.add_argument("--config", required=True, type=Path, help="YAML job config (see configs/)")
-    run.add_argument("--input", required=True, type=Path, help=".txt file or directory of .txt files")
+    run.add_argument("--input", required=True, type=Path, help=".txt, .md or .epub file, or a folder of them")
     run.add_argument("--output", required=True, type=Path, help="output directory")
     run.add_argument("--voice", help="default voice: preset name (v2/en_speaker_6) or .npz path")
     run.add_argument("--seed", type=int, help="job seed (overrides the config)")
     run.add_argument("--quiet", action="store_true", help="only errors and the summary")
+
+    commands.add_parser("voices", help="list the voice presets that ship with Suno's bark package")
 
     tiny = commands.add_parser("make-tiny-model", help="write a random-weight tiny Bark checkpoint")
     tiny.add_argument("directory", type=Path)
@@ -48,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     import ray
 
     from pipeline.job import run_job
+    from pipeline.sources import READERS, iter_file_items
     from pipeline.voices import VoiceError
     from workers.checkpoints import CheckpointError, resolve_checkpoint_dir
 
@@ -56,8 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         if not args.input.exists():
             raise ConfigError(f"--input: {args.input} does not exist")
-        if args.input.is_file() and args.input.suffix.lower() != ".txt":
-            raise ConfigError(f"--input: {args.input} is not a .txt file or a directory")
+        if args.input.is_file() and args.input.suffix.lower() not in READERS:
+            raise ConfigError(f"--input: cannot read {args.input.suffix or 'suffix-less'} files; use {', '.join(READERS)} or a folder")
         if args.output.exists() and not args.output.is_dir():
             raise ConfigError(f"--output: {args.output} is not a directory")
         resolve_checkpoint_dir(config.model)  # fails here, or makes the tiny model once
@@ -74,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     echo = (lambda line: None) if args.quiet else print
     try:
-        summary = run_job(config, args.input, args.output, echo=echo)
+        summary = run_job(config, iter_file_items(args.input), args.output, echo=echo)
     except (ConfigError, CheckpointError, VoiceError) as exc:
         print(f"bark-pipeline: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -97,12 +100,18 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _voices(_args: argparse.Namespace) -> int:
+    from pipeline.voices import list_voices
+
+    for name in list_voices():
+        print(name)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
-    if args.command == "run":
-        return _run(args)
-    return _make_tiny(args)
+    return {"run": _run, "voices": _voices, "make-tiny-model": _make_tiny}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""One narration job: items in, audio + metadata + manifest out.
+"""One narration job: items in, audio + metadata + subtitles + manifest out.
 
-The driver splits each item's text into chunks, keeps at most
-``scheduler.max_chunks_in_flight`` chunks inside the pipeline, and writes an
-item as soon as its last chunk's audio arrives. A failing chunk fails its item
-alone; the job goes on.
+The driver splits each item's text into chunks and keeps at most
+``scheduler.max_chunks_in_flight`` of them inside the pipeline. A chunk that
+continues an earlier chunk's voice (chained voices, or a random voice fixed by
+the first chunk) waits only until that chunk is *submitted*: it is handed that
+chunk's ObjectRefs, and Ray runs it once they exist. An item is written as soon
+as its last chunk's audio arrives. A failing chunk fails its item alone.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+from pydantic import ValidationError
 
-from pipeline.assembly import ChunkMetadata, ItemMetadata, chunk_bounds, join_chunks, write_audio, write_json_atomic
-from pipeline.config import JobConfig
+from pipeline.assembly import ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk, write_audio, write_json_atomic
+from pipeline.config import ItemParams, JobConfig, SamplingSet, VoiceMode
 from pipeline.manifest import Manifest, ManifestEntry
 from pipeline.records import AudioOutput, VoicePrompt
-from pipeline.scheduler import ChunkWork, StagePipeline
+from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.seeds import chunk_seed, item_seed
-from pipeline.sources import Item, ItemError, iter_text_items
-from pipeline.storage import LocalStorage, safe_key
-from pipeline.text import TextChunk, make_chunks, normalize_text
+from pipeline.sources import Item, ItemError
+from pipeline.storage import LocalStorage, item_key
+from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
+from pipeline.text import TextChunk, detect_language, make_chunks
+from pipeline.tokens import save_voice_npz
 from pipeline.voices import VoiceError, load_voice
 from workers.checkpoints import load_settings_for, load_tokenizer
 
@@ -43,19 +48,48 @@ class JobSummary:
         return 1 if self.failed else 0
 
 
+def history_sources(n_chunks: int, mode: VoiceMode, reset_every: int | None, has_voice: bool) -> list[int | None]:
+    """For each chunk, the earlier chunk whose tokens it continues from (None: the item's voice).
+
+    fixed: every chunk uses the item's voice; with no voice, chunk 0 picks a random
+    voice and the rest reuse chunk 0's tokens. chained: each chunk continues the
+    previous one; every ``reset_every`` chunks it goes back to the item's voice
+    (chunk 0's tokens when the item has none).
+    """
+    item_voice = None if has_voice else 0
+    sources: list[int | None] = [None]
+    for index in range(1, n_chunks):
+        if mode == "chained" and not (reset_every and index % reset_every == 0):
+            sources.append(index - 1)
+        else:
+            sources.append(item_voice)
+    return sources
+
+
 @dataclass
 class _ItemState:
     """An item whose chunks are in the pipeline."""
 
     item: Item
     seed: int
+    params: ItemParams
     voice_name: str | None
+    voice_mode: VoiceMode
+    language: str
     chunks: list[TextChunk]
     seeds: list[int]
+    sources: list[int | None]
+    works: list[ChunkWork]
     started: float
+    refs: dict[int, ChunkRefs] = field(default_factory=dict)
     audio: dict[int, AudioOutput] = field(default_factory=dict)
+    fine: dict[int, ray.ObjectRef] = field(default_factory=dict)
     received: int = 0
     error: str | None = None
+
+    def chunk_voice(self, index: int) -> str | None:
+        source = self.sources[index]
+        return self.voice_name if source is None else f"chunk {source}"
 
 
 class NarrationJob:
@@ -76,122 +110,192 @@ class NarrationJob:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    # ------------------------------------------------------------------ driving
+
     def run(self, items: Iterator[Item | ItemError]) -> JobSummary:
         started = time.perf_counter()
         pipeline = StagePipeline(self.config)
         for placement in pipeline.placements():
             log.info("stage %(stage)s on node %(node_id)s, GPUs %(gpu_ids)s, %(device)s %(dtype)s", placement)
         states: dict[str, _ItemState] = {}
-        in_flight: dict[ray.ObjectRef, tuple[str, int]] = {}
-        pending: list[tuple[str, int, ChunkWork]] = []
+        ready: list[tuple[_ItemState, int]] = []  # chunks whose history, if any, is submitted
+        in_flight: dict[ray.ObjectRef, tuple[_ItemState, int]] = {}
         items = iter(items)
         exhausted = False
         limit = self.config.scheduler.max_chunks_in_flight
         batch = self.config.stages.semantic.batch_size
         try:
             while True:
-                while not exhausted and len(pending) + len(in_flight) < limit:
+                while not exhausted and len(ready) + len(in_flight) < limit:
                     item = next(items, None)
                     if item is None:
                         exhausted = True
-                    else:
-                        pending.extend(self._admit(item, states))
-                while pending and (len(pending) >= batch or exhausted or len(in_flight) == 0):
-                    take, pending = pending[:batch], pending[batch:]
-                    refs = pipeline.submit([work for _, _, work in take])
-                    in_flight.update({ref: (item_id, index) for ref, (item_id, index, _) in zip(refs, take)})
+                    elif (state := self._admit(item)) is not None:
+                        states[state.item.id] = state
+                        ready.extend((state, i) for i, source in enumerate(state.sources) if source is None)
+                while ready and (len(ready) >= batch or exhausted or len(in_flight) < batch):
+                    take, ready = ready[:batch], ready[batch:]
+                    ready.extend(self._submit(pipeline, take, in_flight))
                 if not in_flight:
-                    if exhausted and not pending:
+                    if exhausted and not ready:
                         break
                     continue
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
-                    item_id, index = in_flight.pop(ref)
-                    self._receive(states, item_id, index, ref)
+                    state, index = in_flight.pop(ref)
+                    self._receive(state, index, ref, states)
         finally:
             pipeline.shutdown()
         self.summary.wall_s = time.perf_counter() - started
         return self.summary
 
-    def _admit(self, item: Item | ItemError, states: dict[str, _ItemState]) -> list[tuple[str, int, ChunkWork]]:
-        """Turns an item into chunk work; a bad item is recorded as failed at once."""
+    def _submit(self, pipeline: StagePipeline, take, in_flight) -> list[tuple[_ItemState, int]]:
+        """Submits chunks; returns the chunks that this made ready (they continue these)."""
+        works = [_with_history(state.works[i], state.refs.get(state.sources[i])) for state, i in take]
+        unblocked = []
+        for (state, index), refs in zip(take, pipeline.submit(works)):
+            in_flight[refs.audio] = (state, index)
+            if self.config.output.save_tokens:
+                state.fine[index] = refs.fine
+            followers = [i for i, source in enumerate(state.sources) if source == index]
+            if followers:
+                state.refs[index] = refs
+            unblocked.extend((state, i) for i in followers)
+            # A chunk's refs are needed until its last follower is submitted.
+            source = state.sources[index]
+            if source is not None and max(i for i, s in enumerate(state.sources) if s == source) == index:
+                state.refs.pop(source, None)
+        return unblocked
+
+    # ------------------------------------------------------------------ items
+
+    def _admit(self, item: Item | ItemError) -> _ItemState | None:
+        """Plans an item's chunks; a bad item is recorded as failed at once."""
         if isinstance(item, ItemError):
-            self._fail(item.id, f"{item.field}: {item.message}")
-            return []
-        try:
-            voice = self._load_voice(item.voice) if item.voice else self.default_voice
-        except VoiceError as exc:
-            self._fail(item.id, f"voice: {exc}")
-            return []
-        text = normalize_text(item.text)
-        if not text:
-            self._fail(item.id, "text: empty after cleaning")
-            return []
+            return self._fail(item.id, f"{item.field}: {item.message}")
         if item.id in self.seen_ids:
-            self._fail(item.id, "id: duplicate item id in the input")
-            return []
+            return self._fail(item.id, "id: duplicate item id in the input")
         self.seen_ids.add(item.id)
         try:
-            chunks = make_chunks(text, self.count_tokens, self.config.text.max_chars, self.config.text.max_tokens)
+            params = ItemParams.model_validate(item.params or {})
+            sampling = _merged_sampling(self.config.sampling, params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            return self._fail(item.id, f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+        spec = params.voice or item.voice
+        try:
+            voice = self._load_voice(spec) if spec else self.default_voice
+        except VoiceError as exc:
+            return self._fail(item.id, f"voice: {exc}")
+        language = self.config.text.language
+        if language == "auto":
+            language = detect_language(item.text)
+        try:
+            chunks = make_chunks(item.text, self.count_tokens, self.config.text.max_chars, self.config.text.max_tokens, language)
         except ValueError as exc:
-            self._fail(item.id, f"text: {exc}")
-            return []
-        seed = item_seed(self.config.seed, item.id)
+            return self._fail(item.id, f"text: {exc}")
+        if not chunks:
+            return self._fail(item.id, "text: empty after cleaning")
+        seed = params.seed if params.seed is not None else item_seed(self.config.seed, item.id)
         seeds = [chunk_seed(seed, c.index) for c in chunks]
-        states[item.id] = _ItemState(
+        mode = params.voice_mode or self.config.voice_mode
+        reset_every = params.voice_reset_every or self.config.voice_reset_every
+        sources = history_sources(len(chunks), mode, reset_every, voice is not None)
+        works = [
+            ChunkWork(
+                key=f"{item.id}#{chunk.index}",
+                text_ids=self.tokenizer.encode(chunk.text, add_special_tokens=False),
+                voice=voice,
+                seed=chunk_seed_,
+                sampling=sampling,
+            )
+            for chunk, chunk_seed_ in zip(chunks, seeds)
+        ]
+        return _ItemState(
             item=item,
             seed=seed,
+            params=params,
             voice_name=voice.name if voice else None,
+            voice_mode=mode,
+            language=language,
             chunks=chunks,
             seeds=seeds,
+            sources=sources,
+            works=works,
             started=time.perf_counter(),
         )
-        work = []
-        for chunk, seed_of_chunk in zip(chunks, seeds):
-            ids = self.tokenizer.encode(chunk.text, add_special_tokens=False)
-            key = f"{item.id}#{chunk.index}"
-            work.append((item.id, chunk.index, ChunkWork(key=key, text_ids=ids, voice=voice, seed=seed_of_chunk)))
-        return work
 
-    def _receive(self, states: dict[str, _ItemState], item_id: str, index: int, ref: ray.ObjectRef) -> None:
-        state = states[item_id]
+    def _receive(self, state: _ItemState, index: int, ref: ray.ObjectRef, states: dict[str, _ItemState]) -> None:
         state.received += 1
         try:
             state.audio[index] = ray.get(ref)
         except ray.exceptions.RayError as exc:
             if state.error is None:
                 state.error = f"chunk {index}: {_one_line(exc)}"
-                self._fail(item_id, state.error)
+                self._fail(state.item.id, state.error)
         if state.received == len(state.chunks):
-            del states[item_id]
+            del states[state.item.id]
             if state.error is None:
                 self._finish(state)
 
     def _finish(self, state: _ItemState) -> None:
+        output = self.config.output
         outputs = [state.audio[i] for i in range(len(state.chunks))]
-        sample_rate = outputs[0].sample_rate
-        silence_s = self.config.output.silence.sentence
-        audio = join_chunks([o.audio for o in outputs], sample_rate, silence_s)
-        key = safe_key(state.item.id)
-        audio_key = f"{key}.{self.config.output.format}"
-        write_audio(self.storage.path_for(audio_key), audio, sample_rate, self.config.output.format)
-        duration = len(audio) / sample_rate
+        rate = outputs[0].sample_rate
+        pieces = [trim_chunk(o.audio, rate, output.trim)[0] for o in outputs]
+        audio, bounds = join_chunks(pieces, [c.break_after for c in state.chunks], rate, output.silence, output.crossfade_s)
+        if output.sample_rate and output.sample_rate != rate:
+            audio = resample(audio, rate, output.sample_rate)
+            bounds = [(round(s * output.sample_rate / rate), round(e * output.sample_rate / rate)) for s, e in bounds]
+            rate = output.sample_rate
+        key = item_key(state.item.id)
+        files = {"audio": f"{key}.{output.format}", "metadata": f"{key}.json"}
+        write_audio(self.storage.path_for(files["audio"]), audio, rate, output.format)
+        chunks = [
+            ChunkMetadata(
+                index=chunk.index,
+                text=chunk.text,
+                n_tokens=chunk.n_tokens,
+                seed=seed,
+                voice=state.chunk_voice(chunk.index),
+                break_after=chunk.break_after,
+                start_s=start / rate,
+                end_s=end / rate,
+                samples=end - start,
+            )
+            for chunk, seed, (start, end) in zip(state.chunks, state.seeds, bounds)
+        ]
+        if output.subtitles:
+            cues = cues_from_chunks([(c.start_s, c.end_s, c.text) for c in chunks])
+            files["srt"], files["vtt"] = f"{key}.srt", f"{key}.vtt"
+            self.storage.put_bytes(files["srt"], to_srt(cues).encode("utf-8"))
+            self.storage.put_bytes(files["vtt"], to_vtt(cues).encode("utf-8"))
+        if output.save_tokens:
+            for index, fine in enumerate(ray.get([state.fine[i] for i in range(len(state.chunks))])):
+                if fine.tokens.shape[-1] == 0:
+                    continue  # a chunk that ended at once has no tokens to reuse as a voice
+                files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
+                save_voice_npz(self.storage.path_for(files[f"tokens_{index}"]), fine.semantic, fine.coarse, fine.tokens)
+        duration = len(audio) / rate
         metadata = ItemMetadata(
             id=state.item.id,
             status="ok",
+            title=state.item.title,
             duration_s=duration,
-            sample_rate=sample_rate,
+            sample_rate=rate,
             voice=state.voice_name,
+            voice_mode=state.voice_mode,
+            language=state.language,
             seed=state.seed,
             model=self.config.model.source,
-            chunks=_chunk_metadata(state, outputs, sample_rate, silence_s),
+            chunks=chunks,
             timings=_total_timings(outputs),
             wall_s=time.perf_counter() - state.started,
+            files={kind: self.storage.uri_for(name) for kind, name in files.items()},
         )
-        write_json_atomic(self.storage.path_for(f"{key}.json"), metadata.model_dump(mode="json"))
-        self.manifest.append(
-            ManifestEntry(id=state.item.id, status="ok", uri=self.storage.uri_for(audio_key), duration_s=duration, error=None)
-        )
+        write_json_atomic(self.storage.path_for(files["metadata"]), metadata)
+        uri = self.storage.uri_for(files["audio"])
+        self.manifest.append(ManifestEntry(id=state.item.id, status="ok", uri=uri, duration_s=duration, error=None))
         self.summary.ok += 1
         self.summary.audio_s += duration
         self.echo(f"ok      {state.item.id}: {duration:.1f} s of audio in {len(outputs)} chunks")
@@ -200,22 +304,23 @@ class NarrationJob:
         self.manifest.append(ManifestEntry(id=item_id, status="failed", uri=None, duration_s=None, error=reason))
         self.summary.failed += 1
         self.echo(f"FAILED  {item_id}: {reason}")
+        return None
 
 
-def _chunk_metadata(state: _ItemState, outputs: list[AudioOutput], sample_rate: int, silence_s: float) -> list[ChunkMetadata]:
-    bounds = chunk_bounds([len(o.audio) for o in outputs], sample_rate, silence_s)
-    return [
-        ChunkMetadata(
-            index=chunk.index,
-            text=chunk.text,
-            n_tokens=chunk.n_tokens,
-            seed=seed,
-            start_s=start / sample_rate,
-            end_s=end / sample_rate,
-            samples=end - start,
-        )
-        for chunk, seed, (start, end) in zip(state.chunks, state.seeds, bounds)
-    ]
+def _with_history(work: ChunkWork, history: ChunkRefs | None) -> ChunkWork:
+    if history is None:
+        return work
+    return ChunkWork(**{**work.__dict__, "history": history})
+
+
+def _merged_sampling(job: SamplingSet, params: ItemParams) -> SamplingSet:
+    """The job's sampling with the item's per-stage overrides on top."""
+    if not params.sampling:
+        return job
+    merged = job.model_dump()
+    for stage, overrides in params.sampling.items():
+        merged[stage] = {**merged[stage], **overrides}
+    return SamplingSet.model_validate(merged)
 
 
 def _total_timings(outputs: list[AudioOutput]) -> dict[str, float]:
@@ -233,8 +338,6 @@ def _one_line(exc: BaseException) -> str:
     return text[-1] if text else type(cause).__name__
 
 
-def run_job(config: JobConfig, input_path: Path, output_dir: Path, *, echo=print) -> JobSummary:
-    job = NarrationJob(config, output_dir, echo=echo)
-    return job.run(iter_text_items(input_path))
-
+def run_job(config: JobConfig, items: Iterator[Item | ItemError], output_dir: Path, *, echo=print) -> JobSummary:
+    return NarrationJob(config, output_dir, echo=echo).run(items)
 

@@ -57,10 +57,16 @@ class CodecRequest(Record):
 
 
 class StageOutput(Record):
-    """One chunk's output of one stage, with the stage timings so far."""
+    """One chunk's output of one stage, with its earlier stages' tokens and timings.
+
+    Carrying the earlier tokens lets a later chunk use this output as its voice
+    history (semantic + coarse + fine prompt), as upstream Bark's long-form does.
+    """
 
     key: str
     tokens: np.ndarray
+    semantic: np.ndarray | None = None
+    coarse: np.ndarray | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import ray
 
-from pipeline.config import STAGE_NAMES, ConfigError, JobConfig, StageName
+from pipeline.config import STAGE_NAMES, ConfigError, JobConfig, SamplingSet, StageName
 from pipeline.records import CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
 from pipeline.seeds import stage_seed
 from workers.actors import WORKER_CLASSES
@@ -26,12 +26,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChunkWork:
-    """One chunk as the scheduler sees it."""
+    """One chunk as the scheduler sees it.
+
+    ``history`` (chained voices): the refs of the earlier chunk whose tokens this
+    chunk continues from; ``voice`` is then only the item's voice on record.
+    """
 
     key: str
     text_ids: list[int]
     voice: VoicePrompt | None
     seed: int
+    sampling: SamplingSet
+    history: ChunkRefs | None = None
+
+
+@dataclass(frozen=True)
+class ChunkRefs:
+    """A submitted chunk's output of every stage, as ObjectRefs (never fetched by the driver
+    except ``audio``, and ``fine`` when tokens are saved)."""
+
+    semantic: ray.ObjectRef
+    coarse: ray.ObjectRef
+    fine: ray.ObjectRef
+    audio: ray.ObjectRef
 
 
 def resolve_gpu_share(config: JobConfig, stage: StageName, cluster_gpus: float) -> float:
@@ -67,9 +84,8 @@ class StagePipeline:
         """Waits for every actor to load its model; fails here, before any work, if one cannot."""
         return ray.get([actor.placement.remote() for actors in self.replicas.values() for actor in actors])
 
-    def submit(self, chunks: Sequence[ChunkWork]) -> list[ray.ObjectRef]:
-        """Queues chunks through all four stages; returns one AudioOutput ref per chunk, in order."""
-        sampling = self.config.sampling
+    def submit(self, chunks: Sequence[ChunkWork]) -> list[ChunkRefs]:
+        """Queues chunks through all four stages at once; Ray starts each call when its inputs exist."""
         semantic = self._call(
             "semantic",
             [
@@ -78,36 +94,48 @@ class StagePipeline:
                     text_ids=c.text_ids,
                     voice=c.voice,
                     seed=stage_seed(c.seed, "semantic"),
-                    sampling=sampling.semantic,
+                    sampling=c.sampling.semantic,
                 )
                 for c in chunks
             ],
             [],
+            [c.history.semantic if c.history else None for c in chunks],
         )
         coarse = self._call(
             "coarse",
             [
-                CoarseRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "coarse"), sampling=sampling.coarse)
+                CoarseRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "coarse"), sampling=c.sampling.coarse)
                 for c in chunks
             ],
             semantic,
+            [c.history.coarse if c.history else None for c in chunks],
         )
         fine = self._call(
             "fine",
-            [FineRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "fine"), sampling=sampling.fine) for c in chunks],
+            [
+                FineRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "fine"), sampling=c.sampling.fine)
+                for c in chunks
+            ],
             coarse,
+            [c.history.fine if c.history else None for c in chunks],
         )
-        return self._call("codec", [CodecRequest(key=c.key) for c in chunks], fine)
+        audio = self._call("codec", [CodecRequest(key=c.key) for c in chunks], fine, [None] * len(chunks))
+        return [ChunkRefs(*refs) for refs in zip(semantic, coarse, fine, audio)]
 
-    def _call(self, stage: str, requests: list, inputs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
-        """Splits the requests into this stage's batches, each to the next replica."""
+    def _call(self, stage: str, requests: list, inputs: list, histories: list) -> list[ray.ObjectRef]:
+        """Splits the requests into this stage's batches, each to the next replica.
+
+        Upstream outputs and histories go in as top-level arguments, so Ray hands
+        them to the actor resolved, straight from the object store.
+        """
         batch_size = self.config.stages.of(stage).batch_size
         refs: list[ray.ObjectRef] = []
         for start in range(0, len(requests), batch_size):
-            batch = requests[start : start + batch_size]
+            batch = slice(start, start + batch_size)
+            size = len(requests[batch])
             actor = next(self._next_replica[stage])
-            out = actor.run.options(num_returns=len(batch)).remote(batch, *inputs[start : start + batch_size])
-            refs.extend([out] if len(batch) == 1 else out)
+            out = actor.run.options(num_returns=size).remote(requests[batch], *inputs[batch], *histories[batch])
+            refs.extend([out] if size == 1 else out)
         return refs
 
     def shutdown(self) -> None:

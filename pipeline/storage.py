@@ -40,6 +40,12 @@ def safe_key(item_id: str) -> str:
     return f"{_cut(encoded, room)}{_HASH_SEPARATOR}{digest}"
 
 
+def item_key(item_id: str) -> str:
+    """The object name of an item: ``/`` in an id (``book/003``) makes folders, each part
+    made safe by :func:`safe_key`, so no id escapes the output prefix and ids stay distinct."""
+    return "/".join(safe_key(part) for part in item_id.split("/"))
+
+
 def _percent(ch: str) -> str:
     return "".join(f"%{byte:02X}" for byte in ch.encode("utf-8", "surrogatepass"))
 
@@ -105,3 +111,25 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def atomic_copy_file(source: Path, path: Path) -> None:
+    """Copy ``source`` to ``path`` with :func:`atomic_write_bytes`' guarantee, streaming:
+    long-form audio can be larger than one wants to hold in memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(source, "rb") as reader, open(temp, "xb") as writer:
+            while chunk := reader.read(COPY_CHUNK_BYTES):
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)

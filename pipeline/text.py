@@ -3,93 +3,339 @@
 Bark speaks at its best for ~13 s and silently truncates text over 256 tokens,
 so every chunk must fit a character budget (a proxy for speaking time) and a
 token budget (the hard model limit) at once. Chunks follow the text's own
-structure: whole sentences first, then clauses, then words; a single word
-longer than the budget is the only thing ever cut in the middle.
+structure: whole sentences first, then clauses, then words. The character
+budget gives way to a single word (or cue) longer than it; the token budget
+never does, so a word over it is the only thing ever cut in the middle.
 
-Chunks are consecutive slices of the normalised text, so nothing is dropped or
-reordered: joining the chunk texts with single spaces gives back the
-normalised text wherever chunk boundaries fall on spaces (always, for text
-whose words and sentences are separated by spaces).
+Structure: a blank line separates paragraphs and a form feed ``"\\f"`` (the
+classic page/section-break character) separates chapters. Sources put the form
+feeds there (a Markdown heading, an EPUB chapter); ``normalize_text`` keeps both
+in a canonical form (``"\\n\\n"`` between paragraphs, ``"\\f"`` between chapters)
+and no chunk ever spans either, so the assembler can give each its own pause.
 
-The sentence splitter is a small regex one; the interface (``split_sentences``,
-``make_chunks``) is what the rest of the pipeline relies on.
+Chunks are slices of the normalised text, so nothing is dropped or reordered:
+the chunk texts, joined, equal the normalised text up to whitespace.
+
+Sentences come from ``sentencex`` (Wikimedia's multilingual splitter), with a
+few repairs where it errs: see ``_sentence_cuts``.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import sentencex
+
+BARK_MAX_TEXT_TOKENS = 256  # the semantic model's text window; more is cut silently
+
+PARAGRAPH_BREAK = "\n\n"
+CHAPTER_BREAK = "\f"
+
+BreakKind = Literal["sentence", "paragraph", "chapter", "end"]
 
 # Invisible characters that only get in the tokenizer's way. Zero-width
 # (non-)joiners stay: some scripts need them.
 _INVISIBLE = {"\u00ad", "\u200b", "\u2060", "\ufeff"}
+_NEWLINES = re.compile(r"\r\n?|[\x0b\x85\u2028]")  # every other way to end a line
+_BLANK_LINE = re.compile(r"\n[^\S\f]*\n")  # \n, whitespace other than \f, \n
 
-_CLOSERS = "\"'”’»)\\]}」』）】〉》"
-_SENTENCE_END = re.compile(
-    rf"(?P<cjk>[。！？]+[{_CLOSERS}]*)"  # CJK: no space needed after the mark
-    rf"|(?P<latin>[.!?…]+[{_CLOSERS}]*)(?=\s|$)"
-)
-# Words that end in a period without ending the sentence.
-ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs fig figs vol approx dept inc ltd co "
-    "jan feb mar apr jun jul aug sep sept oct nov dec gen col lt sgt capt rev hon".split()
-)
-_DOTTED_ABBREVIATION = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # e.g, i.e, U.S, a.m
+# A Bark cue such as [laughs], [clears throat] or [MAN]: one word, never cut inside.
+CUE = re.compile(r"\[[^\W\d_](?:[^\W\d_]|[ '-]){0,30}\]")
+
+_CLOSERS = "\"'”’»)\\]}」』）】〉》〕］｝"
+_OPENERS = "\"'“‘«([{¿¡「『（【〈《〔［｛"
+# Terminators that end a sentence even with no space after them.
+_HARD_TERMINATORS = "。！？｡．।॥"
+# sentencex misses an end like "(Really?) Then"; these are the candidates it may miss.
+_CLOSED_END = re.compile(rf"[.!?‽]+[{re.escape(_CLOSERS)}]+(?=\s)")
+# Japanese quotation particles: 「行こう！」と言った is one sentence.
+_QUOTATIVE = ("と", "って")
+_LEADING_NOISE = re.compile(rf"(?:\s|{CUE.pattern}|[^\w\s])*")
+
+# Words that end in a period without ending the sentence. Titles apply in every
+# language (a Chinese text may say "Mr. Smith"); the rest per language.
+_TITLES = "mr mrs ms dr prof sr jr st vs"
+ABBREVIATIONS: dict[str, frozenset[str]] = {
+    lang: frozenset((_TITLES + " " + extra).split())
+    for lang, extra in {
+        "en": "mt fig figs vol no approx dept inc ltd co jan feb mar apr jun jul aug sep sept oct nov dec "
+        "gen col lt sgt capt rev hon",
+        "de": "bzw ca evtl ggf hr hrn frl nr usw vgl",
+        "fr": "mme mlle mgr",
+        "es": "sra srta dra ud uds",
+        "it": "sig sigra dott dottssa avv",
+        "pl": "hab mgr inż nr ul godz tzw np",
+        "pt": "sra srta dra",
+        "tr": "av doç yrd",
+        "ru": "г ул д тов",
+        "hi": "डॉ श्री श्रीमती प्रो",
+    }.items()
+}
+_DEFAULT_ABBREVIATIONS = frozenset(_TITLES.split())
+_DOTTED_ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # e.g, i.e, U.S, a.m, т.е; not 3.14
+
 # Clause marks, cut after: , ; : — – only before a space (not 3,000, 10:30 or
 # 1990–2000: cuts stay between words); CJK marks anywhere, CJK has no spaces.
 _CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
-_WORD_START = re.compile(r"(?<=\s)\S")
+
+# Scripts written without spaces: each character is a word of its own.
+_CJK_LETTER = re.compile(
+    "[\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]"
+)
+_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uff65]")
+
+# Script ranges for detect_language; the script with most letters wins.
+_DETECT_SAMPLE_CHARS = 50_000
+_SCRIPTS = {
+    "kana": re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]"),
+    "han": re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"),
+    "ko": re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]"),
+    "hi": re.compile("[\u0900-\u097f]"),
+    "ru": re.compile("[\u0400-\u04ff]"),
+    "latin": re.compile("[A-Za-z\u00c0-\u024f]"),
+}
+# Latin-script languages told apart by their most frequent short words.
+_COMMON_WORDS = {
+    lang: frozenset(words.split())
+    for lang, words in {
+        "en": "the and of to is that it was he you with for",
+        "de": "der die und das ist nicht ein ich zu mit sie auch",
+        "es": "el los las y que por una es del se con para",
+        "fr": "le les et des est une pas je il que dans du",
+        "it": "il di che è non per un sono gli della ho anche",
+        "pl": "nie się jest że to na w z jak co ale czy",
+        "pt": "o os que não uma com para é você do da em",
+        "tr": "bir ve bu da için çok ne ile değil mi gibi daha",
+    }.items()
+}
 
 
 @dataclass(frozen=True)
 class TextChunk:
+    """One piece of text for Bark, and what separates it from the next piece."""
+
     index: int
     text: str
     n_tokens: int
+    break_after: BreakKind  # what separates it from the next chunk; the last has "end"
+
+
+# --- normalising --------------------------------------------------------------
 
 
 def normalize_text(text: str) -> str:
     """NFC, no control or invisible characters, single spaces between words.
 
-    Everything Bark reads as a cue stays as written: ``[laughs]``, ``♪``,
-    ``—``, ``...``, CAPS.
+    Paragraphs (split at blank lines) are joined by ``"\\n\\n"`` and chapters
+    (split at form feeds) by ``"\\f"``; empty ones disappear. Everything Bark
+    reads as a cue stays as written: ``[laughs]``, ``♪``, ``—``, ``...``, CAPS.
     """
-    text = unicodedata.normalize("NFC", text)
-    kept = (
-        " " if ch.isspace() else ch
+    return CHAPTER_BREAK.join(PARAGRAPH_BREAK.join(chapter) for chapter in chapters(text))
+
+
+def chapters(text: str) -> list[list[str]]:
+    """The normalised, non-empty paragraphs of each non-empty chapter of ``text``."""
+    text = _NEWLINES.sub("\n", text).replace("\u2029", PARAGRAPH_BREAK)
+    # Drop controls before reading the structure ("\n\x00\n" is a blank line),
+    # but keep the whitespace ones: "\f" and "\n" carry that structure.
+    text = "".join(
+        ch
         for ch in text
-        if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in _INVISIBLE)
+        if ch.isspace() or (unicodedata.category(ch) not in ("Cc", "Cs") and ch not in _INVISIBLE)
     )
-    return " ".join("".join(kept).split())
+    text = unicodedata.normalize("NFC", text)
+    result = []
+    for chapter in text.split(CHAPTER_BREAK):
+        paragraphs = [" ".join(p.split()) for p in _BLANK_LINE.split(chapter)]
+        if any(paragraphs):
+            result.append([p for p in paragraphs if p])
+    return result
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``, stripped, in order."""
-    return [text[start:end].strip() for start, end in _spans(text, 0, len(text), _sentence_cuts)]
+def detect_language(text: str) -> str:
+    """A cheap guess from the script most letters are in: zh ja ko hi ru.
+
+    Latin script is one of en de es fr it pl pt tr by its most frequent short
+    words (the splitter's rules differ: "Am 3. Oktober" is one sentence in
+    German); en when nothing tells.
+    """
+    sample = text[:_DETECT_SAMPLE_CHARS]
+    counts = {script: len(pattern.findall(sample)) for script, pattern in _SCRIPTS.items()}
+    kana, han = counts.pop("kana"), counts.pop("han")
+    counts["ja" if kana else "zh"] = kana + han
+    best = max(counts, key=counts.get)
+    if best != "latin" or not counts[best]:
+        return best if counts[best] else "en"
+    words = Counter(re.findall(r"[^\W\d_]+", sample.lower()))
+    hits = {lang: sum(words[w] for w in common) for lang, common in _COMMON_WORDS.items()}
+    return max(hits, key=hits.get)  # ties and no hits: en, the first
+
+
+# --- sentences ----------------------------------------------------------------
+
+
+def split_sentences(text: str, language: str = "en") -> list[str]:
+    """Sentences of the normalised ``text``, in order; none spans a paragraph."""
+    if language == "auto":
+        language = detect_language(text)
+    return [
+        paragraph[start:end].strip()
+        for chapter in chapters(text)
+        for paragraph in chapter
+        for start, end in _spans(paragraph, 0, len(paragraph), partial(_sentence_cuts, language=language))
+    ]
+
+
+def _sentence_cuts(text: str, language: str) -> list[int]:
+    """Sentence ends by sentencex, repaired.
+
+    sentencex (1.0.32) is right far more often than a regex, but it cuts
+    inside a word ('그는 "좋아요."|라고', "Three.|Four"), before lowercase ("Т. е.|всё", "1990 r.|w"),
+    after unknown abbreviations ("dr hab.|Kowalski", "डॉ.|शर्मा", English
+    titles in Chinese text), before a closing bracket ("Yes.|) No"), before
+    Japanese quotation particles ("「行こう！」|と言った"), and misses an end
+    behind a closing bracket ("(Really?)| Then"). Each of those is fixed here.
+    """
+    language = language.split("-")[0].lower()  # "de-DE": sentencex knows "de" only
+    found = {b["end_index"] for b in sentencex.get_sentence_boundaries(language, text)}
+    found |= {m.end() for m in _CLOSED_END.finditer(text)}
+    cuts = []
+    for cut in sorted(found):
+        while cut < len(text) and text[cut] in _CLOSERS and not text[cut - 1].isspace():
+            cut += 1  # a closing mark ends the sentence it closes
+        if 0 < cut < len(text) and _is_sentence_end(text, cut, language):
+            cuts.append(cut)
+    return cuts
+
+
+def _is_sentence_end(text: str, cut: int, language: str) -> bool:
+    before, after = text[:cut].rstrip(), text[cut:]
+    spaced = text[cut - 1].isspace() or after[0].isspace()
+    if not (spaced or _has_no_spaces(before[-1]) or _has_no_spaces(after[0])):
+        return before[-1] in _HARD_TERMINATORS  # otherwise a cut inside a word: "3.14", "a.m"
+    if before[-1] in "」』" and after.startswith(_QUOTATIVE):
+        return False
+    first = _LEADING_NOISE.match(text, cut).end()
+    if first < len(text) and text[first].islower():
+        return False  # "... and then", "e.g. apples", "Т. е. всё"
+    if not before.rstrip(_CLOSERS).endswith(".") or before.rstrip(_CLOSERS).endswith(".."):
+        return True
+    word = before.rstrip(_CLOSERS)[:-1].split()[-1:] or [""]
+    word = "".join(_words_glued(word[0])[-1:]).lstrip(_OPENERS)  # "美国。Mr" -> "Mr"
+    abbreviations = ABBREVIATIONS.get(language, _DEFAULT_ABBREVIATIONS)
+    is_initial = len(word) == 1 and word.isupper()  # J. R. R. Tolkien
+    return not (word.lower() in abbreviations or is_initial or _DOTTED_ABBREVIATION.fullmatch(word))
+
+
+def _words_glued(run: str) -> list[str]:
+    """The words of a run of text without spaces (CJK and all)."""
+    bounds = [0, *sorted(set(_word_cuts(run))), len(run)]
+    return [run[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+def _has_no_spaces(ch: str) -> bool:
+    return bool(_CJK_LETTER.match(ch) or _CJK_PUNCTUATION.match(ch))
+
+
+# --- finer cuts -----------------------------------------------------------------
+
+
+def _clause_cuts(text: str) -> list[int]:
+    return [m.end() for m in _CLAUSE_END.finditer(text)]
+
+
+def _word_cuts(text: str) -> list[int]:
+    """Starts of words: after a space, at each CJK character, around a glued cue.
+
+    Punctuation stays with the word before it and opening brackets with the
+    word after, so "好。「はい」" is "好。", "「は", "い」".
+    """
+    cuts = [m.start() for m in re.finditer(r"(?<=\s)\S", text)]
+    for cue in CUE.finditer(text):  # "Ha[laughs]ha": three words; "[laughs]." one
+        start, end = cue.span()
+        cuts += [start] if text[start - 1 : start].isalnum() else []
+        cuts += [end] if text[end : end + 1].isalnum() else []
+    previous, opened = None, False  # previous word's kind; brackets opened a word
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            previous, opened = None, False
+        elif ch in _OPENERS:
+            if previous == "cjk" and not opened:
+                cuts.append(i)
+            opened = opened or previous != "other"
+        elif _CJK_LETTER.match(ch):
+            if previous is not None and not opened:
+                cuts.append(i)
+            previous, opened = "cjk", False
+        elif ch.isalnum():
+            if previous == "cjk" and not opened:
+                cuts.append(i)
+            previous, opened = "other", False
+    return cuts
+
+
+def _grapheme_cuts(text: str) -> list[int]:
+    """Every position except inside a character and its combining marks or a ZWJ sequence."""
+    return [
+        i
+        for i in range(1, len(text))
+        if unicodedata.category(text[i]) not in ("Mn", "Mc", "Me")
+        and "\u200d" not in (text[i], text[i - 1])
+        and not 0xFE00 <= ord(text[i]) <= 0xFE0F  # variation selectors
+        and not 0x1F3FB <= ord(text[i]) <= 0x1F3FF  # skin tones
+    ]
+
+
+# --- chunks ---------------------------------------------------------------------
 
 
 def make_chunks(
-    text: str, count_tokens: Callable[[str], int], max_chars: int, max_tokens: int
+    text: str,
+    count_tokens: Callable[[str], int],
+    max_chars: int,
+    max_tokens: int,
+    language: str = "auto",
 ) -> list[TextChunk]:
     """Pack the normalised ``text`` into chunks within both budgets.
 
-    Consecutive sentences share a chunk while they fit; a sentence that does
-    not fit alone is packed from its clauses, a clause from its words, and a
-    word from its characters (the only mid-word cut). ``count_tokens`` is
-    asked about every candidate chunk, so no chunk ever exceeds ``max_tokens``.
+    Consecutive sentences of one paragraph share a chunk while they fit; a
+    sentence that does not fit alone is packed from its clauses, a clause from
+    its words. A word (or cue) longer than ``max_chars`` is a chunk of its own;
+    one over ``max_tokens`` is cut between characters, and a character (or a
+    cue) over it is a ``ValueError``. ``count_tokens`` is asked about every
+    candidate chunk, so no chunk ever exceeds ``max_tokens``.
+
+    Each chunk's ``break_after`` says what follows it: "sentence" (also after
+    a piece of a long sentence), "paragraph", "chapter", or "end" for the last.
+    ``language`` picks the sentence rules; "auto" guesses it from the script.
     """
-    if max_chars < 1 or max_tokens < 1:
-        raise ValueError("max_chars and max_tokens must be at least 1")
-    normalized = normalize_text(text)
+    if max_chars < 1 or not 1 <= max_tokens <= BARK_MAX_TEXT_TOKENS:
+        raise ValueError(f"need max_chars >= 1 and 1 <= max_tokens <= {BARK_MAX_TEXT_TOKENS}")
+    if language == "auto":
+        language = detect_language(text)
     budget = _Budget(count_tokens, max_chars, max_tokens)
-    spans = _pack(normalized, (0, len(normalized)), _SPLITTERS, budget)
-    chunks = []
-    for index, (start, end) in enumerate(spans):
-        chunk_text = normalized[start:end].strip()
-        chunks.append(TextChunk(index, chunk_text, budget.measure(chunk_text)))
-    return chunks
+    layers = (partial(_sentence_cuts, language=language), _clause_cuts, _word_cuts, _grapheme_cuts)
+    pieces: list[str] = []
+    breaks: list[BreakKind] = []
+    for chapter in chapters(text):
+        for paragraph in chapter:
+            spans = _pack(paragraph, (0, len(paragraph)), layers, budget)
+            pieces += [paragraph[start:end].strip() for start, end in spans]
+            breaks += ["sentence"] * (len(spans) - 1) + ["paragraph"]
+        breaks[-1] = "chapter"
+    if breaks:
+        breaks[-1] = "end"
+    return [
+        TextChunk(index, piece, budget.measure(piece), kind)
+        for index, (piece, kind) in enumerate(zip(pieces, breaks))
+    ]
 
 
 class _Budget:
@@ -106,28 +352,35 @@ class _Budget:
             self._counts[text] = self._count_tokens(text)
         return self._counts[text]
 
+    def fits_tokens(self, text: str) -> bool:
+        return self.measure(text) <= self.max_tokens
+
     def fits(self, text: str) -> bool:
-        return len(text) <= self.max_chars and self.measure(text) <= self.max_tokens
+        return len(text) <= self.max_chars and self.fits_tokens(text)
 
 
 Span = tuple[int, int]
+# Layers from here on cut inside sentences only between words: a piece there
+# that is over the character budget alone is kept whole (never cut mid-word).
+_FIRST_WORD_LAYER = 2
 
 
-def _pack(text: str, span: Span, splitters: tuple, budget: _Budget) -> list[Span]:
+def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0) -> list[Span]:
     """Greedily merge the pieces of ``span`` into fitting spans, splitting finer where needed."""
-    split, finer = splitters[0], splitters[1:]
     packed: list[Span] = []
     current: Span | None = None
-    for piece in _spans(text, *span, split):
-        if not budget.fits(text[piece[0] : piece[1]].strip()):
+    for piece in _spans(text, *span, layers[depth]):
+        piece_text = text[piece[0] : piece[1]].strip()
+        if not budget.fits(piece_text):
             if current:
                 packed.append(current)
                 current = None
-            if not finer:
-                raise ValueError(
-                    f"the character {text[piece[0]:piece[1]]!r} alone exceeds the token budget"
-                )
-            packed.extend(_pack(text, piece, finer, budget))
+            if depth >= _FIRST_WORD_LAYER and budget.fits_tokens(piece_text):
+                packed.append(piece)  # one word over max_chars: the char budget gives way
+            elif depth + 1 == len(layers):
+                raise ValueError(f"{piece_text!r} alone exceeds the token budget of {budget.max_tokens}")
+            else:
+                packed.extend(_pack(text, piece, layers, budget, depth + 1))
         elif current is None:
             current = piece
         elif budget.fits(text[current[0] : piece[1]].strip()):
@@ -141,54 +394,13 @@ def _pack(text: str, span: Span, splitters: tuple, budget: _Budget) -> list[Span
 
 
 def _spans(text: str, start: int, end: int, cuts: Callable[[str], list[int]]) -> list[Span]:
-    """Non-blank pieces of ``text[start:end]`` between the cut points ``cuts`` finds."""
+    """Non-blank pieces of ``text[start:end]`` between the cut points ``cuts`` finds.
+
+    No cut ever falls inside a cue.
+    """
     part = text[start:end]
-    bounds = [0, *sorted(c for c in set(cuts(part)) if 0 < c < len(part)), len(part)]
+    cues = [m.span() for m in CUE.finditer(part)]
+    inside = {i for a, b in cues for i in range(a + 1, b)}
+    points = sorted(c for c in set(cuts(part)) if 0 < c < len(part) and c not in inside)
+    bounds = [0, *points, len(part)]
     return [(start + a, start + b) for a, b in zip(bounds, bounds[1:]) if part[a:b].strip()]
-
-
-def _sentence_cuts(text: str) -> list[int]:
-    cuts = []
-    for match in _SENTENCE_END.finditer(text):
-        if match.group("latin") and not _ends_latin_sentence(text, match):
-            continue
-        cuts.append(match.end())
-    return cuts
-
-
-def _ends_latin_sentence(text: str, match: re.Match) -> bool:
-    """False for 'Dr. Smith', 'e.g. this', 'J. R. R. Tolkien' and '... and then'."""
-    following = text[match.end() :].lstrip()
-    if following[:1].islower():
-        return False
-    if match.group("latin").rstrip(_CLOSERS) != ".":
-        return True
-    before = text[: match.start()].split()
-    word = before[-1].lstrip("\"'“‘«([{") if before else ""
-    is_initial = len(word) == 1 and word.isupper()
-    return not (
-        word.lower() in ABBREVIATIONS or is_initial or _DOTTED_ABBREVIATION.fullmatch(word)
-    )
-
-
-def _clause_cuts(text: str) -> list[int]:
-    return [m.end() for m in _CLAUSE_END.finditer(text)]
-
-
-def _word_cuts(text: str) -> list[int]:
-    return [m.start() for m in _WORD_START.finditer(text)]
-
-
-def _character_cuts(text: str) -> list[int]:
-    """Every position except inside a character and its combining marks or a ZWJ sequence."""
-    return [
-        i
-        for i in range(1, len(text))
-        if not unicodedata.combining(text[i])
-        and unicodedata.category(text[i]) not in ("Mn", "Mc", "Me")
-        and "\u200d" not in (text[i], text[i - 1])
-        and not 0xFE00 <= ord(text[i]) <= 0xFE0F  # variation selectors
-    ]
-
-
-_SPLITTERS = (_sentence_cuts, _clause_cuts, _word_cuts, _character_cuts)

@@ -1,29 +1,41 @@
-"""Text front end: normalisation, sentence splitting, and chunks within both budgets."""
+"""Text front end: normalisation, structure, sentence splitting, and chunks within both budgets."""
 
 from __future__ import annotations
 
-import random
+import ast
 import re
+import unicodedata
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pipeline.text import TextChunk, make_chunks, normalize_text, split_sentences
+from pipeline.text import (
+    BARK_MAX_TEXT_TOKENS,
+    CUE,
+    TextChunk,
+    chapters,
+    detect_language,
+    make_chunks,
+    normalize_text,
+    split_sentences,
+)
 
 
 def count_words(text: str) -> int:
     return len(text.split())
 
 
-def wordpiece_like(text: str) -> int:
-    """A stand-in tokenizer: one token per 4 characters of each word, at least one."""
-    return sum(1 + len(word) // 4 for word in text.split())
+def words_and_marks(text: str) -> int:
+    """A stand-in tokenizer: one token per run of word characters and per other mark."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
 
 
 # --- normalize_text ---------------------------------------------------------
 
 
 def test_normalize_collapses_whitespace_and_drops_controls():
-    assert normalize_text("  Hello,\n\n\tworld!\r\n  ") == "Hello, world!"
+    assert normalize_text("  Hello,\n\tworld!\r\n  ") == "Hello, world!"
     assert normalize_text("a\x00b\x07c\x1bd\u200be\ufefff") == "abcdef"
     assert normalize_text("a\u00a0b\u3000c\u2028d") == "a b c d"
 
@@ -34,44 +46,125 @@ def test_normalize_composes_unicode():
 
 
 def test_normalize_keeps_bark_cues():
-    text = "[laughs] WOW — that was... great ♪ la la ♪ [clears throat] hmm…"
+    text = "[laughs] WOW — that was... great ♪ la la ♪ [clears throat] hmm… [MAN] Hi. [WOMAN] Hello."
     assert normalize_text(text) == text
 
 
+def test_normalize_keeps_paragraphs_and_chapters_in_canonical_form():
+    text = "\f\n# One\r\n\r\nFirst  para\nstill first.\n \t\nSecond.\u2029Third.\n\x00\n\fTwo\f\f \n\n"
+    assert normalize_text(text) == "# One\n\nFirst para still first.\n\nSecond.\n\nThird.\fTwo"
+    assert chapters(text) == [["# One", "First para still first.", "Second.", "Third."], ["Two"]]
+
+
 def test_normalize_is_idempotent():
-    once = normalize_text(" x\n y\x00 ")
+    once = normalize_text(" x\n\n\n y\x00 \f z ")
+    assert once == "x\n\ny\fz"
     assert normalize_text(once) == once
+
+
+# --- detect_language --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("你好，世界。今天天气很好。", "zh"),
+        ("今日は天気がいいですね。", "ja"),
+        ("오늘은 날씨가 좋네요.", "ko"),
+        ("मेरा नाम राम है।", "hi"),
+        ("Привет, как дела?", "ru"),
+        ("The cat sat on the mat and it was happy.", "en"),
+        ("Der Hund ist nicht mit der Katze und die Maus.", "de"),
+        ("El perro y los gatos que viven con una familia.", "es"),
+        ("Le chat et les chiens ne sont pas dans la maison.", "fr"),
+        ("Il gatto non è di casa, ma sono gli amici.", "it"),
+        ("To nie jest to, co się wydaje, ale czy na pewno?", "pl"),
+        ("O gato não é uma coisa para você, do que em casa.", "pt"),
+        ("Bu bir kedi ve çok güzel bir hayvan.", "tr"),
+        ("", "en"),
+        ("12345 !!!", "en"),
+        ("He said 你好 and left for the day with the others.", "en"),
+    ],
+)
+def test_detect_language_by_script_and_common_words(text, language):
+    assert detect_language(text) == language
 
 
 # --- split_sentences --------------------------------------------------------
 
 
-def test_split_on_terminators_with_closing_quotes():
-    text = 'He left. Did he? Yes! "Quite so." (Really?) Wait... Then, nothing… The end'
+def test_split_on_terminators_with_closing_quotes_and_brackets():
+    text = 'He left. Did he? Yes! "Quite so." (Really?) Then he went. Yes.) No.'
     assert split_sentences(text) == [
-        "He left.", "Did he?", "Yes!", '"Quite so."', "(Really?)", "Wait...", "Then, nothing…", "The end",
+        "He left.", "Did he?", "Yes!", '"Quite so."', "(Really?)", "Then he went.", "Yes.)", "No.",
     ]
 
 
-def test_no_split_after_abbreviations_initials_or_before_lowercase():
+def test_no_split_after_abbreviations_initials_decimals_or_before_lowercase():
     for text in [
         "Mr. Smith met Dr. Jones and Mrs. Brown.",
         "Bring fruit, e.g. apples, i.e. red ones.",
         "J. R. R. Tolkien wrote it.",
         "It costs 3.50 dollars at St. Mary's.",
         "She paused... and then went on.",
+        "The U.S. Navy sailed at 10 a.m. sharp.",
+        "Version 2.0.1 is out.",
     ]:
         assert split_sentences(text) == [text], text
+    assert split_sentences("The value is 3.14. Next one.") == ["The value is 3.14.", "Next one."]
 
 
-def test_split_cjk_without_spaces():
-    assert split_sentences("你好。我很好！你呢？") == ["你好。", "我很好！", "你呢？"]
-    assert split_sentences("「はい。」そうです。") == ["「はい。」", "そうです。"]
+def test_sentences_never_span_paragraphs():
+    assert split_sentences("One line\nstill one\n\nTwo\fThree") == ["One line still one", "Two", "Three"]
 
 
 def test_split_sentences_of_blank_text():
     assert split_sentences("") == []
-    assert split_sentences("   ") == []
+    assert split_sentences("   \n\n\f ") == []
+
+
+# One natural passage per Bark language, with the sentences it must give: each
+# has a trap for a naive splitter (abbreviations, ordinals, decimals, quotes,
+# no spaces, danda, inverted marks, French spacing).
+LANGUAGE_EXAMPLES = {
+    "en": [
+        "Dr. Watson arrived at 5 p.m. on Friday.",
+        "Was it raining?",
+        "It was!",
+        "He paid $3.50 for a cab, i.e. far too much.",
+    ],
+    "de": [
+        "Am 3. Oktober fuhren wir mit Hrn. Weber nach Berlin.",
+        "Das Wetter war z. B. sehr schön!",
+        "Wer hätte das gedacht?",
+    ],
+    "es": ["¿Vienes mañana?", "¡Claro que sí!", "El Sr. García nos espera a las 10.30 en la plaza."],
+    "fr": ["M. Dupont est arrivé hier soir.", "Avez-vous vu son chien ?", "Oui !", "Il est très gentil."],
+    "hi": ["मेरा नाम राम है।", "डॉ. शर्मा दिल्ली में रहते हैं।", "क्या आप भी वहीं रहते हैं?", "हाँ!"],
+    "it": ["Il dott. Rossi è arrivato alle 9.", "Come stai?", "Sto bene, grazie!"],
+    "ja": ["今日はとても暑いですね。", "「本当に暑い！」と彼は言った。", "明日は雨が降るでしょうか？"],
+    "ko": ["오늘은 날씨가 정말 좋네요.", "공원에 갈까요?", "네, 좋아요!", '그는 "알겠어요."라고 말했다.'],
+    "pl": ["Prof. Nowak przyszedł o godz. 8 rano.", "Czy pan wie, gdzie jest dworzec?", "Tak, to niedaleko!"],
+    "pt": ["O Sr. Silva chegou ontem.", "Você viu o carro dele?", "Sim, é muito bonito!"],
+    "ru": ["А. С. Пушкин родился в Москве.", "Вы читали его стихи?", "Да, т. е. некоторые из них!"],
+    "tr": ["Dr. Yılmaz bugün hastaneye geldi.", "Nasılsınız?", "Çok iyiyim, teşekkürler!"],
+    "zh": ["今天天气很好。", "我们去公园散步吧！", "你觉得怎么样？", "Mr. Smith说：“好主意。”"],
+}
+NO_SPACES = {"ja", "zh"}
+
+
+@pytest.mark.parametrize("language", sorted(LANGUAGE_EXAMPLES))
+def test_sentences_in_every_bark_language(language):
+    sentences = LANGUAGE_EXAMPLES[language]
+    text = ("" if language in NO_SPACES else " ").join(sentences)
+    assert split_sentences(text, language) == sentences
+    assert split_sentences(text, "auto") == sentences  # the guessed language does as well
+
+
+def test_chinese_and_japanese_split_without_spaces_in_any_language_setting():
+    for language in ("zh", "ja", "en"):
+        assert split_sentences("你好。我很好！你呢？", language) == ["你好。", "我很好！", "你呢？"]
+        assert split_sentences("「はい。」そうです。", language) == ["「はい。」", "そうです。"]
 
 
 # --- make_chunks: examples --------------------------------------------------
@@ -80,8 +173,19 @@ def test_split_sentences_of_blank_text():
 def test_sentences_are_packed_together_while_they_fit():
     chunks = make_chunks("One two. Three four. Five six seven.", count_words, 1000, 4)
     assert chunks == [
-        TextChunk(0, "One two. Three four.", 4),
-        TextChunk(1, "Five six seven.", 3),
+        TextChunk(0, "One two. Three four.", 4, "sentence"),
+        TextChunk(1, "Five six seven.", 3, "end"),
+    ]
+
+
+def test_chunks_never_span_paragraphs_or_chapters():
+    text = "One. Two.\n\nThree.\fFour. Five.\n\n\n\nSix."
+    chunks = make_chunks(text, count_words, 1000, 200)
+    assert [(c.text, c.break_after) for c in chunks] == [
+        ("One. Two.", "paragraph"),
+        ("Three.", "chapter"),
+        ("Four. Five.", "paragraph"),
+        ("Six.", "end"),
     ]
 
 
@@ -91,6 +195,7 @@ def test_long_sentence_splits_at_clauses_then_words():
     assert [c.text for c in chunks] == [
         "Alpha beta gamma,", "delta epsilon;", "zeta eta theta", "iota kappa lambda", "mu.",
     ]
+    assert [c.break_after for c in chunks] == ["sentence"] * 4 + ["end"]
 
 
 def test_em_dash_is_a_clause_boundary():
@@ -100,28 +205,51 @@ def test_em_dash_is_a_clause_boundary():
 
 def test_char_budget_is_respected_too():
     text = "Short one. " * 10
-    chunks = make_chunks(text, count_words, 25, 1000)
+    chunks = make_chunks(text, count_words, 25, 200)
     assert all(len(c.text) <= 25 for c in chunks)
     assert [c.text for c in chunks][:2] == ["Short one. Short one.", "Short one. Short one."]
 
 
-def test_only_an_overlong_word_is_cut_mid_word():
-    chunks = make_chunks("tiny Supercalifragilistic end", len, 8, 1000)
+def test_a_word_over_the_char_budget_stays_whole():
+    chunks = make_chunks("tiny Supercalifragilistic end", count_words, 8, 200)
+    assert [c.text for c in chunks] == ["tiny", "Supercalifragilistic", "end"]
+
+
+def test_only_a_word_over_the_token_budget_is_cut_mid_word():
+    chunks = make_chunks("tiny Supercalifragilistic end", len, 1000, 8)
     assert [c.text for c in chunks] == ["tiny", "Supercal", "ifragili", "stic", "end"]
 
 
 def test_hard_cut_keeps_combining_marks_with_their_letter():
     word = "x\u0323" * 5  # x with dot below has no precomposed form: two code points
-    chunks = make_chunks(word, len, 3, 1000)
+    chunks = make_chunks(word, len, 1000, 3)
     assert [c.text for c in chunks] == ["x\u0323"] * 5
 
 
-def test_cjk_without_spaces_splits_at_sentences_and_clauses():
+def test_cues_are_words_never_cut_inside():
+    text = "Well [clears throat] I think [laughs] that is it. [MAN] Yes."
+    chunks = make_chunks(text, count_words, 10, 200)
+    assert [c.text for c in chunks] == [
+        "Well", "[clears throat]", "I think", "[laughs]", "that is", "it.", "[MAN] Yes.",
+    ]
+    glued = make_chunks("Ha[laughs]ha.", len, 4, 200)
+    assert [c.text for c in glued] == ["Ha", "[laughs]", "ha."]
+
+
+def test_a_cue_over_the_token_budget_is_an_error_not_a_cut():
+    with pytest.raises(ValueError, match=r"'\[clears throat\]' alone exceeds"):
+        make_chunks("[clears throat]", len, 100, 10)
+
+
+def test_cjk_without_spaces_splits_at_sentences_clauses_then_characters():
     text = "今天天气很好，我们去公园散步。然后我们回家吃饭，看电视，睡觉。"
-    chunks = make_chunks(text, len, 12, 1000)
+    chunks = make_chunks(text, len, 12, 200)
     assert [c.text for c in chunks] == [
         "今天天气很好，", "我们去公园散步。", "然后我们回家吃饭，", "看电视，睡觉。",
     ]
+    # No clause marks at all: every character is a word; punctuation stays with its word.
+    chunks = make_chunks("我们去公园散步。「好」", len, 4, 200)
+    assert [c.text for c in chunks] == ["我们去公", "园散步。", "「好」"]
 
 
 def test_token_budget_is_checked_with_count_tokens():
@@ -137,7 +265,7 @@ def test_token_budget_is_checked_with_count_tokens():
 
 
 def test_empty_text_has_no_chunks():
-    assert make_chunks(" \n ", count_words, 10, 10) == []
+    assert make_chunks(" \n\f\n ", count_words, 10, 10) == []
 
 
 def test_impossible_budget_is_an_error():
@@ -145,83 +273,133 @@ def test_impossible_budget_is_an_error():
         make_chunks("abc", lambda s: 5, 100, 4)
     with pytest.raises(ValueError):
         make_chunks("abc", count_words, 0, 4)
+    with pytest.raises(ValueError, match="256"):
+        make_chunks("abc", count_words, 100, BARK_MAX_TEXT_TOKENS + 1)
 
 
-# --- make_chunks: randomized properties --------------------------------------
+# --- make_chunks: properties for any input ----------------------------------
 
-VOCAB = (
-    "the a narrator spoke softly Mr. Dr. e.g. Hello WORLD [laughs] ♪ — ... "
-    "3,000 10:30 über café naïve quickly unbelievably antidisestablishmentarianism"
-).split()
-ENDS = [".", "!", "?", "...", "…", '."', "?)", ""]
-MIDS = [",", ";", ":", ""]
+CUES = ["[laughs]", "[sighs]", "[music]", "[clears throat]", "[MAN]", "[WOMAN]"]
+PIECES = [
+    *CUES,
+    "♪", "—", "...", "…", "CAPS", "Mr.", "e.g.", "J.", "3.14", "10:30", "3,000", "U.S.",
+    "the", "narrator", "spoke", "softly", "über", "naïve", "antidisestablishmentarianism",
+    "Привет", "дела", "नमस्ते", "हूँ", "안녕하세요", "학생입니다",
+    "今天天气很好", "我们去公园散步", "「はい」", "そうです", "テキスト",
+    ".", "!", "?", ",", ";", ":", "。", "！", "？", "，", "、", "।", '"', "(", ")",
+]
+# Between two pieces: nothing (CJK has no spaces), spaces, a newline, and
+# characters that normalisation removes.
+GLUE = ["", " ", " ", " ", "  ", "\n", "\t", "\u3000", "\x00", "\u200b", "\u00a0"]
+PARAGRAPH_SEPARATORS = ["\n\n", "\n \n", "\r\n\r\n", "\n\t\n\n", "\u2029"]
+CHAPTER_SEPARATORS = ["\f", "\n\f\n", "\n\n\f\n\n"]
+# Arbitrary visible characters too, beyond the pools (no controls or spaces:
+# those are the separators' job, so structure stays known).
+fuzz = st.text(
+    st.characters(exclude_categories=("Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp", "Mn", "Mc", "Me", "Sk")),
+    min_size=1,
+    max_size=6,
+)
+piece = st.one_of(st.sampled_from(PIECES), st.sampled_from(PIECES), fuzz)
 
 
-def random_text(rng: random.Random) -> str:
-    sentences = []
-    for _ in range(rng.randint(0, 12)):
-        words = []
-        for _ in range(rng.randint(1, 40)):
-            words.append(rng.choice(VOCAB) + (rng.choice(MIDS) if rng.random() < 0.15 else ""))
-        sentence = " ".join(words)
-        sentences.append(sentence[:1].upper() + sentence[1:] + rng.choice(ENDS))
-    return rng.choice([" ", "\n", "  \n\t"]).join(sentences)
+@st.composite
+def paragraph(draw) -> list[str]:
+    """A paragraph's pieces, and the text with glue between them ([] is an empty paragraph)."""
+    pieces = draw(st.lists(piece, max_size=25))
+    glue = draw(st.lists(st.sampled_from(GLUE), min_size=len(pieces) + 1, max_size=len(pieces) + 1))
+    text = "".join(g + p for g, p in zip(glue, pieces + [""]))
+    return pieces, text
 
 
-def check_chunks(text, chunks, count_tokens, max_chars, max_tokens):
+@st.composite
+def structured_text(draw) -> tuple[str, list[list[int]]]:
+    """Text with paragraphs and chapters, and its structure: pieces per paragraph per chapter."""
+    book = draw(st.lists(st.lists(paragraph(), max_size=4), min_size=1, max_size=4))
+    text = draw(st.sampled_from(CHAPTER_SEPARATORS)).join(
+        draw(st.sampled_from(PARAGRAPH_SEPARATORS)).join(text for _, text in chapter) for chapter in book
+    )
+    return text, [[len(pieces) for pieces, _ in chapter] for chapter in book]
+
+
+def _no_space_script(ch: str) -> bool:
+    name = unicodedata.name(ch, "")
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "FULLWIDTH", "IDEOGRAPHIC", "HALFWIDTH"))
+
+
+def _allowed_glued_cut(text: str, at: int, count_tokens, max_tokens: int) -> bool:
+    """A cut with no space at it is between words only in CJK, at a cue, or after a danda."""
+    text = CUE.sub(lambda cue: cue.group().replace(" ", "_"), text)  # a cue is one word
+    before, after = text[:at], text[at:]
+    near = re.sub(r"[^\w]", "", before)[-1:] + re.sub(r"[^\w]", "", after)[:1]
+    word = re.search(r"\S*$", before).group() + re.match(r"\S*", after).group()
+    return (
+        any(map(_no_space_script, before[-1] + after[0] + near))
+        or before.endswith("]") or after.startswith("[")
+        or before[-1] in "।॥"
+        or count_tokens(word) > max_tokens  # a word over the hard limit is cut anywhere
+    )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=structured_text(),
+    count_tokens=st.sampled_from([len, words_and_marks]),
+    max_chars=st.one_of(st.integers(1, 30), st.integers(1, 400)),
+    # Tiny budgets reach the error for an uncuttable unit; the others never do.
+    max_tokens=st.one_of(st.integers(1, 8), st.integers(16, 60), st.integers(16, BARK_MAX_TEXT_TOKENS)),
+)
+def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_tokens, max_chars, max_tokens):
+    text, structure = case
+    try:
+        chunks = make_chunks(text, count_tokens, max_chars, max_tokens, "auto")
+    except ValueError as exc:
+        # Only a unit that cannot be cut (one character, one cue) may be over the token budget.
+        unit = ast.literal_eval(str(exc).split(" alone exceeds")[0])
+        assert count_tokens(unit) > max_tokens
+        assert CUE.fullmatch(unit) or all(unicodedata.category(c)[0] == "M" for c in unit[1:])
+        return
     normalized = normalize_text(text)
-    assert [c.index for c in chunks] == list(range(len(chunks)))
-    for chunk in chunks:
-        assert chunk.text and chunk.text == chunk.text.strip()
-        assert len(chunk.text) <= max_chars
-        assert chunk.n_tokens == count_tokens(chunk.text) <= max_tokens
-    # Nothing lost, nothing reordered.
+
+    # (a) Nothing lost, nothing reordered.
     assert re.sub(r"\s", "", "".join(c.text for c in chunks)) == re.sub(r"\s", "", normalized)
-    return normalized
+    position = 0
+    for index, (chunk, following) in enumerate(zip(chunks, chunks[1:] + [None])):
+        # (c) No chunk is empty or padded, and indexes count up.
+        assert chunk.text and chunk.text == chunk.text.strip()
+        assert chunk.index == index
+        # (b) Within both budgets; only a single word may be over the character budget.
+        assert chunk.n_tokens == count_tokens(chunk.text) <= max_tokens
+        single_word = not re.search(r"\s", CUE.sub("", chunk.text))
+        assert len(chunk.text) <= max_chars or single_word
+        # Cuts fall between words: at spaces, or where words have none between them.
+        start = normalized.index(chunk.text, position)
+        position = start + len(chunk.text)
+        if following and following.text == normalized[position : position + len(following.text)]:
+            assert _allowed_glued_cut(normalized, position, count_tokens, max_tokens)
+
+    # (d) The last chunk ends the text; paragraph and chapter breaks are those of the input.
+    chapters_ = [[n for n in chapter if n] for chapter in structure]
+    chapters_ = [chapter for chapter in chapters_ if chapter]
+    breaks = [c.break_after for c in chunks]
+    assert breaks[-1:] == (["end"] if chapters_ else [])
+    assert breaks.count("end") == len(breaks[-1:])
+    assert breaks.count("chapter") == max(len(chapters_) - 1, 0)
+    assert breaks.count("paragraph") == sum(len(chapter) - 1 for chapter in chapters_)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_texts_keep_every_word_in_order(seed):
-    rng = random.Random(seed)
-    for _ in range(40):
-        text = random_text(rng)
-        counter = rng.choice([count_words, wordpiece_like, len])
-        longest_word = max((len(w) for w in normalize_text(text).split()), default=0)
-        max_chars = rng.randint(max(longest_word, 1), 300)
-        max_tokens = rng.randint(max(counter(w) for w in normalize_text(text).split() or ["x"]), 80)
-        chunks = make_chunks(text, counter, max_chars, max_tokens)
-        normalized = check_chunks(text, chunks, counter, max_chars, max_tokens)
-        # Every word fits alone, so all cuts fall on spaces: exact round trip.
-        assert " ".join(c.text for c in chunks) == normalized
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_random_tight_budgets_still_hold(seed):
-    rng = random.Random(100 + seed)
-    for _ in range(40):
-        cjk = "".join(rng.choice("日本語テキスト。、") for _ in range(rng.randint(0, 60)))
-        text = random_text(rng) + " " + cjk
-        counter = rng.choice([count_words, wordpiece_like, len])
-        max_chars, max_tokens = rng.randint(1, 30), rng.randint(1, 6)
-        chunks = make_chunks(text, counter, max_chars, max_tokens)
-        check_chunks(text, chunks, counter, max_chars, max_tokens)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_sentences_that_fit_are_never_split(seed):
-    rng = random.Random(200 + seed)
-    for _ in range(30):
-        text = random_text(rng)
-        sentences = split_sentences(normalize_text(text))
-        max_chars = max((len(s) for s in sentences), default=1) + rng.randint(0, 200)
-        chunks = make_chunks(text, count_words, max_chars, 10_000)
-        # Each chunk is a run of whole consecutive sentences.
-        rebuilt, i = [], 0
-        for chunk in chunks:
-            run = []
-            while " ".join(run) != chunk.text:
-                run.append(sentences[i])
-                i += 1
-                assert len(" ".join(run)) <= len(chunk.text)
-            rebuilt.extend(run)
-        assert rebuilt == sentences
+@settings(max_examples=100, deadline=None)
+@given(case=structured_text(), extra=st.integers(0, 200))
+def test_sentences_that_fit_are_never_split(case, extra):
+    text, _ = case
+    sentences = split_sentences(text, "en")
+    max_chars = max((len(s) for s in sentences), default=1) + extra
+    chunks = make_chunks(text, count_words, max_chars, BARK_MAX_TEXT_TOKENS, "en")
+    # Each chunk is a run of whole consecutive sentences (spaces aside: CJK has none).
+    rebuilt = iter(re.sub(r"\s", "", s) for s in sentences)
+    for chunk in chunks:
+        run, whole = next(rebuilt), re.sub(r"\s", "", chunk.text)
+        while run != whole:
+            run += next(rebuilt)
+            assert len(run) <= len(whole)
+    assert next(rebuilt, None) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import numpy as np
 import ray
 import torch
 
@@ -22,6 +23,7 @@ from pipeline.records import (
     FineRequest,
     SemanticRequest,
     StageOutput,
+    VoicePrompt,
 )
 from workers.checkpoints import load_settings_for, load_stage_model
 from workers.coarse import generate_coarse
@@ -46,6 +48,7 @@ class StageWorker:
     """Loads one stage's sub-model onto this actor's device."""
 
     stage: StageName
+    upstream: StageName | None  # whose output each call consumes
 
     def __init__(self, model: ModelConfig, config: StageConfig) -> None:
         if config.torch_threads:
@@ -69,26 +72,53 @@ class StageWorker:
             "pid": os.getpid(),
         }
 
-    def run(self, requests: list, *previous: StageOutput):
-        """One batch: ``previous`` holds the upstream stage's output for each request, in order."""
+    def run(self, requests: list, *args):
+        """One batch. ``args``: the upstream stage's output for each request (every stage
+        but semantic), then each request's history: an earlier chunk's output of this
+        same stage to continue from (chained voices), or None to use ``request.voice``.
+        """
+        n = len(requests)
+        upstream = list(args[:n]) if self.upstream else [None] * n
+        histories = args[n:] if self.upstream else args
+        requests = [
+            r if h is None else r.model_copy(update={"voice": self._voice_from(h)}) for r, h in zip(requests, histories)
+        ]
         start = time.perf_counter()
-        results = self._compute(requests, [p.tokens for p in previous])
-        share = (time.perf_counter() - start) / len(requests)
-        upstream = [p.timings for p in previous] or [{} for _ in requests]
-        return _one_per_chunk(
-            [self._output(r.key, x, {**t, self.stage: share}) for r, x, t in zip(requests, results, upstream)]
-        )
+        results = self._compute(requests, [u.tokens for u in upstream] if self.upstream else [])
+        share = (time.perf_counter() - start) / n
+        return _one_per_chunk([self._output(r.key, x, u, share) for r, x, u in zip(requests, results, upstream)])
 
     def _compute(self, requests: list, inputs: list) -> list:
         raise NotImplementedError
 
-    def _output(self, key: str, result, timings: dict[str, float]) -> StageOutput:
-        return StageOutput(key=key, tokens=result, timings=timings)
+    def _output(self, key: str, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
+        """This stage's tokens, with the chunk's earlier tokens carried along for chained voices."""
+        carried: dict = {}
+        timings = {self.stage: seconds}
+        if upstream is not None:
+            carried = {"semantic": upstream.semantic, "coarse": upstream.coarse, self.upstream: upstream.tokens}
+            timings = {**upstream.timings, **timings}
+        return StageOutput(key=key, tokens=result, timings=timings, **carried)
+
+    def _voice_from(self, history: StageOutput) -> VoicePrompt:
+        """A voice prompt made of an earlier chunk's tokens, as far as this stage reads them."""
+        tokens = {"semantic": history.semantic, "coarse": history.coarse, self.stage: history.tokens}
+        return VoicePrompt(
+            name=history.key,
+            semantic_prompt=_or_empty(tokens.get("semantic"), (0,)),
+            coarse_prompt=_or_empty(tokens.get("coarse"), (self.settings.coarse.n_coarse_codebooks, 0)),
+            fine_prompt=_or_empty(tokens.get("fine"), (self.settings.fine.n_fine_codebooks, 0)),
+        )
+
+
+def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:
+    return np.zeros(empty_shape, dtype=np.int64) if tokens is None else tokens
 
 
 @ray.remote
 class SemanticWorker(StageWorker):
     stage = "semantic"
+    upstream = None
 
     def _compute(self, requests: list[SemanticRequest], _inputs: list) -> list:
         return generate_semantic(self.model, self.settings, requests)
@@ -97,6 +127,7 @@ class SemanticWorker(StageWorker):
 @ray.remote
 class CoarseWorker(StageWorker):
     stage = "coarse"
+    upstream = "semantic"
 
     def _compute(self, requests: list[CoarseRequest], semantic: list) -> list:
         return generate_coarse(self.model, self.settings, requests, semantic)
@@ -105,6 +136,7 @@ class CoarseWorker(StageWorker):
 @ray.remote
 class FineWorker(StageWorker):
     stage = "fine"
+    upstream = "coarse"
 
     def _compute(self, requests: list[FineRequest], coarse: list) -> list:
         return generate_fine(self.model, self.settings, requests, coarse)
@@ -113,11 +145,13 @@ class FineWorker(StageWorker):
 @ray.remote
 class CodecWorker(StageWorker):
     stage = "codec"
+    upstream = "fine"
 
     def _compute(self, requests: list[CodecRequest], fine: list) -> list:
         return decode_audio(self.model, fine)
 
-    def _output(self, key: str, result, timings: dict[str, float]) -> AudioOutput:
+    def _output(self, key: str, result, upstream: StageOutput, seconds: float) -> AudioOutput:
+        timings = {**upstream.timings, self.stage: seconds}
         return AudioOutput(key=key, audio=result, sample_rate=self.settings.sample_rate, timings=timings)
 
 

@@ -19,6 +19,9 @@ def decode_audio(codec, fine_tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
     device = next(codec.parameters()).device
     audios = []
     for codes in fine_tokens:
+        if codes.shape[-1] == 0:  # the semantic stage ended at once: no audio, and no decoder call
+            audios.append(np.zeros(0, dtype=np.float32))
+            continue
         codes = torch.tensor(codes, dtype=torch.long, device=device)[None]  # copies: object-store arrays are read-only
         audios.append(codec.decode(codes)[0].float().cpu().numpy())
     return audios

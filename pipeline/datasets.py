@@ -1,0 +1,473 @@
+"""Dataset sources: rows of JSONL, CSV/TSV and Parquet files as items, local or on S3.
+
+A dataset may hold a million rows, so it is read as a stream: JSONL and CSV
+line by line, Parquet one record batch at a time. Nothing here holds more than
+one line or one batch. A row that cannot be narrated (no id, no text, a broken
+JSON line, bytes that are not UTF-8, ...) becomes an ``ItemError`` naming the
+row and the field, and the rows after it still come through; a problem with the
+whole file (no such file, a configured column missing from the header) raises,
+because no row of it could succeed.
+
+Which columns hold what is configured by ``ColumnsConfig``; every other column
+(or the listed ones) is carried as is into the item's ``extra`` metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import gzip
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import BinaryIO, Literal
+from urllib.parse import unquote, urlparse
+
+import boto3
+import pyarrow.parquet as pq
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field, model_validator
+
+from pipeline.config import Strict
+from pipeline.sources import Item, ItemError
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+GZIP_SUFFIX = ".gz"
+COMPRESSIBLE = frozenset({"jsonl", "csv", "tsv"})  # Parquet compresses its own pages
+CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+# Rows per Parquet record batch: a few MB of text at most, read and dropped in turn.
+PARQUET_BATCH_ROWS = 1024
+# S3 bodies are read in large pieces: each read is a socket round of Python code.
+S3_READ_BUFFER_BYTES = 1 << 20
+# csv's own limit (128 Ki characters) is smaller than one long chapter in a cell.
+# The limit also bounds what one stray quote can swallow (see _csv_items).
+MAX_CSV_FIELD_CHARS = 16 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
+S3_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+class ColumnsConfig(Strict):
+    """Which column of a dataset holds what.
+
+    ``voice`` and ``params`` are optional columns (``null``: no such column): a
+    missing column or an empty cell means the job's default. ``params`` holds a
+    JSON object of the item's own settings (validated later as
+    ``pipeline.config.ItemParams``). ``extra`` names the columns carried into
+    the item's metadata; ``"*"`` carries every column not named above.
+    """
+
+    id: str = Field(default="id", min_length=1)
+    text: str = Field(default="text", min_length=1)
+    voice: str | None = Field(default="voice", min_length=1)
+    params: str | None = Field(default="params", min_length=1)
+    extra: list[str] | Literal["*"] = "*"
+
+    @property
+    def named(self) -> list[str]:
+        """The columns with a role, in order: id, text, and voice and params when set."""
+        return [c for c in (self.id, self.text, self.voice, self.params) if c is not None]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ColumnsConfig:
+        named = self.named
+        if len(set(named)) != len(named):
+            raise ValueError(f"id, text, voice and params must be different columns, got {named}")
+        if self.extra != "*" and set(self.extra) & set(named):
+            raise ValueError(f"extra must not repeat id/text/voice/params columns: {sorted(set(self.extra) & set(named))}")
+        return self
+
+
+def is_dataset(uri: str | os.PathLike) -> bool:
+    """Whether ``uri`` names a dataset file this module reads (by its suffix)."""
+    return _format(os.fspath(uri)) is not None
+
+
+def iter_dataset_items(
+    uri: str | os.PathLike,
+    columns: ColumnsConfig | None = None,
+    *,
+    endpoint_url: str | None = None,
+) -> Iterator[Item | ItemError]:
+    """Items of a dataset file, one per row in file order, read lazily.
+
+    ``uri`` is a local path, a ``file://`` URI or ``s3://bucket/key``; the format
+    comes from the suffix (``.jsonl``/``.ndjson``/``.csv``/``.tsv``, each
+    optionally ``.gz``, or ``.parquet``). ``endpoint_url`` points boto3 at an
+    S3-compatible server; ``None`` uses boto3's own environment and config.
+    Rows that fail are ``ItemError``s with id ``line N`` (JSONL, the file's
+    line) or ``row N`` (CSV/Parquet, the N-th data row) when the row's own id
+    cannot be read.
+    """
+    uri = os.fspath(uri)
+    columns = columns or ColumnsConfig()
+    kind = _format(uri)
+    if kind is None:
+        raise ValueError(
+            f"source {uri}: not a dataset; expected one of {', '.join(FORMATS)} "
+            f"({', '.join(s for s, k in FORMATS.items() if k in COMPRESSIBLE)} optionally {GZIP_SUFFIX})"
+        )
+    if kind == "parquet":
+        with _random_access_path(uri, endpoint_url) as path:
+            yield from _parquet_items(path, uri, columns)
+        return
+    with _open_stream(uri, endpoint_url) as stream:
+        if kind == "jsonl":
+            yield from _jsonl_items(stream, columns)
+        else:
+            yield from _csv_items(stream, CSV_DELIMITERS[kind], uri, columns)
+
+
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client that works with S3-compatible servers as well as AWS.
+
+    botocore >= 1.36 sends CRC checksums by default, which several S3-compatible
+    servers reject; "when_required" turns that off. Standard retries back off
+    on throttling and transient errors.
+    """
+    config = BotoConfig(
+        retries={"mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+# --- formats ----------------------------------------------------------------------
+
+
+def _format(uri: str) -> str | None:
+    name = uri.lower()
+    compressed = name.endswith(GZIP_SUFFIX)
+    if compressed:
+        name = name[: -len(GZIP_SUFFIX)]
+    for suffix, kind in FORMATS.items():
+        if name.endswith(suffix) and (not compressed or kind in COMPRESSIBLE):
+            return kind
+    return None
+
+
+def _jsonl_items(stream: BinaryIO, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+    """One JSON object per line; each line is decoded on its own, so bad bytes fail only their line."""
+    for n, raw in enumerate(stream, start=1):
+        where = f"line {n}"
+        if n == 1:
+            raw = raw.removeprefix(UTF8_BOM)
+        if not raw.strip():
+            continue  # blank lines, and the newline at the end of the file
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield ItemError(_best_effort_id(raw, columns) or where, "line", f"not valid UTF-8 (byte {exc.start + 1})")
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield ItemError(where, "line", f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, [[[[...
+            yield ItemError(where, "line", f"not readable JSON: {type(exc).__name__}")
+            continue
+        if not isinstance(row, dict):
+            yield ItemError(where, "line", f"must be a JSON object, got {_kind(row)}")
+            continue
+        yield _row_item(row, where, columns)
+
+
+def _best_effort_id(raw: bytes, columns: ColumnsConfig) -> str | None:
+    """The id of a line whose bad bytes lie elsewhere, so the failure can be named by its id."""
+    try:
+        row = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(row, dict) or _id_problem(row.get(columns.id), columns.id):
+        return None
+    return str(row[columns.id])
+
+
+def _csv_items(stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+    """Rows under a header line, read with the csv module from lines decoded one by one.
+
+    Each line is decoded with ``surrogateescape``: bytes that are not UTF-8 stay
+    in the text as lone surrogates, which cannot clash with the ASCII quote and
+    delimiter, so the row still splits right and fails alone, named by the
+    column that holds them. The limit is the csv format itself: a stray
+    opening quote makes everything up to the next quote (at most
+    ``MAX_CSV_FIELD_CHARS``) one field, so several lines become one row.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
+    reader = csv.reader(_decoded_lines(stream), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(f"source {uri}: header is not valid CSV: {exc}") from None
+    if header is None:
+        return  # an empty file is an empty dataset
+    if any(_unencodable(name) for name in header):
+        raise ValueError(f"source {uri}: header is not valid UTF-8")
+    _check_columns(header, uri, columns)
+    n = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            n += 1
+            yield ItemError(f"row {n}", "row", f"not valid CSV: {exc}")
+            continue
+        if not cells:
+            continue  # a blank line
+        n += 1
+        row = dict(zip(header, cells))
+        if len(cells) != len(header):
+            item_id = row.get(columns.id)
+            where = f"row {n}" if _id_problem(item_id, columns.id) else item_id
+            yield ItemError(where, "row", f"has {len(cells)} fields where the header has {len(header)}")
+            continue
+        yield _row_item(row, f"row {n}", columns)
+
+
+def _decoded_lines(stream: BinaryIO) -> Iterator[str]:
+    for n, raw in enumerate(stream):
+        if n == 0:
+            raw = raw.removeprefix(UTF8_BOM)
+        yield raw.decode("utf-8", "surrogateescape")
+
+
+def _parquet_items(path: str, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+    """Rows one record batch at a time, reading only the columns that are used."""
+    try:
+        file = pq.ParquetFile(path)
+    except ValueError as exc:  # pyarrow's ArrowInvalid: not a Parquet file, corrupt footer
+        raise ValueError(f"source {uri}: cannot read Parquet: {exc}") from None
+    with file:
+        names = file.schema_arrow.names
+        _check_columns(names, uri, columns)
+        wanted = None if columns.extra == "*" else [c for c in names if c in {*columns.named, *columns.extra}]
+        n = 0
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            for row in batch.to_pylist():
+                n += 1
+                yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns)
+
+
+def _plain(value):
+    """A Parquet cell as what JSON metadata can hold (dates as ISO text, decimals as text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):  # a binary column; bytes that are not UTF-8 fail the row, as in CSV
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)  # Decimal, timedelta
+
+
+def _check_columns(names: list[str], uri: str, columns: ColumnsConfig) -> None:
+    """A header that lacks a configured column fails the whole file before any row."""
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"source {uri}: column names appear twice: {', '.join(duplicates)}")
+    required = [columns.id, columns.text, *(columns.extra if columns.extra != "*" else [])]
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise ValueError(
+            f"source {uri}: no column {', '.join(map(repr, missing))}; it has {', '.join(map(repr, names))}"
+        )
+
+
+# --- one row ----------------------------------------------------------------------
+
+
+def _row_item(row: Mapping, where: str, columns: ColumnsConfig) -> Item | ItemError:
+    """The item of one row, or the first reason it cannot be one. ``where`` names a row without an id."""
+    problem = _id_problem(row.get(columns.id), columns.id)
+    if problem:
+        return ItemError(where, "id", problem)
+    item_id = str(row[columns.id])
+
+    text = row.get(columns.text)
+    if text is None:
+        return ItemError(item_id, "text", f"no {columns.text!r}")
+    if not isinstance(text, str):
+        return ItemError(item_id, "text", f"{columns.text!r} must be a string, got {_kind(text)}")
+    if _unencodable(text):
+        return ItemError(item_id, "text", f"{columns.text!r} is not valid UTF-8")
+    if not text.strip():
+        return ItemError(item_id, "text", f"{columns.text!r} is empty" + (" (only whitespace)" if text else ""))
+
+    voice = row.get(columns.voice) if columns.voice else None
+    if isinstance(voice, str):
+        if _unencodable(voice):
+            return ItemError(item_id, "voice", f"{columns.voice!r} is not valid UTF-8")
+        voice = voice.strip() or None  # an empty CSV cell is no voice
+    elif voice is not None:
+        return ItemError(item_id, "voice", f"{columns.voice!r} must be a string, got {_kind(voice)}")
+
+    params = _params(row.get(columns.params) if columns.params else None)
+    if isinstance(params, str):
+        return ItemError(item_id, "params", f"{columns.params!r} {params}")
+
+    named = set(columns.named)
+    kept = [name for name in row if name not in named] if columns.extra == "*" else columns.extra
+    extra = {name: row[name] for name in kept if name in row}
+
+    for name, value in extra.items():
+        if isinstance(value, str) and _unencodable(value):
+            return ItemError(item_id, name, f"{name!r} is not valid UTF-8")
+    return _make_item(id=item_id, text=text, voice=voice, params=params, extra=extra)
+
+
+def _id_problem(value, name: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"no {name!r}"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"{name!r} must be a string or an integer, got {_kind(value)}"
+    if isinstance(value, str) and _unencodable(value):
+        return f"{name!r} is not valid UTF-8"
+    return None
+
+
+def _params(value) -> dict | str:
+    """The item's raw settings, or a one-line reason why they are unusable."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):  # CSV cells, and JSON or Parquet string columns
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            return f"is not valid JSON: {getattr(exc, 'msg', type(exc).__name__)}"
+    if not isinstance(value, dict):
+        return f"must be a JSON object, got {_kind(value)}"
+    return dict(value)
+
+
+def _unencodable(text: str) -> bool:
+    """Whether ``text`` holds lone surrogates: undecodable bytes (surrogateescape) or a JSON ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _kind(value) -> str:
+    return "null" if value is None else _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+@functools.cache
+def _item_fields(item_class: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclass_fields(item_class))
+
+
+def _make_item(**values) -> Item:
+    """An ``Item`` from the fields a row gives, leaving out those this checkout's ``Item`` lacks yet."""
+    known = _item_fields(Item)
+    return Item(**{name: value for name, value in values.items() if name in known})
+
+
+# --- opening local files and S3 objects -------------------------------------------
+
+
+def _split_s3(uri: str) -> tuple[str, str] | None:
+    """(bucket, key) of an ``s3://`` URI; None for anything else."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3":
+        return None
+    key = parsed.path.lstrip("/")
+    if not parsed.netloc or not key:
+        raise ValueError(f"source {uri}: an S3 URI needs a bucket and a key: s3://bucket/key")
+    return parsed.netloc, key
+
+
+def _local_path(uri: str) -> Path:
+    path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"source {uri}: no such file")
+    return path
+
+
+@contextmanager
+def _open_stream(uri: str, endpoint_url: str | None) -> Iterator[BinaryIO]:
+    """A buffered binary stream over a local file or an S3 object's body, gunzipped for ``.gz``."""
+    with ExitStack() as stack:
+        location = _split_s3(uri)
+        if location is None:
+            stream = stack.enter_context(open(_local_path(uri), "rb"))
+        else:
+            with _s3_errors(uri):
+                body = s3_client(endpoint_url).get_object(Bucket=location[0], Key=location[1])["Body"]
+            stream = stack.enter_context(io.BufferedReader(_RawBody(body), buffer_size=S3_READ_BUFFER_BYTES))
+        if uri.lower().endswith(GZIP_SUFFIX):
+            stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
+        yield stream
+
+
+@contextmanager
+def _random_access_path(uri: str, endpoint_url: str | None) -> Iterator[str]:
+    """A local path to a Parquet file: the file itself, or a temporary download of an S3 object.
+
+    Parquet cannot be read front to back: its footer, at the end, says where
+    each row group lies, and the reader seeks there. A streamed GET body cannot
+    seek, so an S3 object is first copied to a temporary folder (as large as the
+    object; deleted when the items are done or the generator is closed).
+    """
+    location = _split_s3(uri)
+    if location is None:
+        yield str(_local_path(uri))
+        return
+    with tempfile.TemporaryDirectory(prefix="bark-dataset-") as folder:
+        path = os.path.join(folder, "dataset.parquet")
+        with _s3_errors(uri):
+            s3_client(endpoint_url).download_file(location[0], location[1], path)
+        yield path
+
+
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    """S3 failures as the OSErrors that local files raise, one line, no credentials in them."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "unknown"))
+        if code in S3_MISSING_CODES:
+            raise FileNotFoundError(f"source {uri}: no such S3 object") from None
+        raise OSError(f"source {uri}: S3 error {code}: {error.get('Message', '')}".rstrip(": ")) from None
+    except BotoCoreError as exc:  # no credentials, endpoint unreachable
+        raise OSError(f"source {uri}: {exc}") from None
+
+
+class _RawBody(io.RawIOBase):
+    """botocore's streaming body as a raw stream, so ``io.BufferedReader`` can buffer it and split lines."""
+
+    def __init__(self, body):
+        super().__init__()
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()

@@ -1,0 +1,441 @@
+"""Where a job's objects go: a local folder or an S3 bucket, behind one small interface.
+
+``--output`` names either a directory (files written atomically, see
+:mod:`pipeline.storage`) or ``s3://bucket/prefix``. For S3 the endpoint, region
+and credentials come from boto3's own sources (environment, shared profile,
+instance role), so no secret ever passes through our config, logs or errors.
+The client is set up for S3-compatible servers too: checksums only where the
+API requires them (botocore >= 1.36 otherwise sends CRC headers several servers
+reject), path-style addressing off AWS, standard retries, multipart for large
+files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.storage import LocalStorage, atomic_copy_file
+
+S3_SCHEME = "s3://"
+FILE_SCHEME = "file://"
+MIB = 1024 * 1024
+# S3 refuses parts under 5 MiB (except the last one).
+MIN_PART_MB = 5
+# S3's limit on a key, in UTF-8 bytes.
+MAX_S3_KEY_BYTES = 1024
+# Parallel part uploads per file; a job already uploads several files at once.
+UPLOAD_THREADS = 4
+# check_reachable() runs before any work: fail fast there instead of backing off.
+PROBE_ATTEMPTS = 2
+AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".srt": "application/x-subrip",
+    ".vtt": "text/vtt",
+    ".npz": "application/octet-stream",
+}
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+DENIED_CODES = frozenset({
+    "403", "AccessDenied", "AllAccessDisabled", "SignatureDoesNotMatch",
+    "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "InvalidClientTokenId",
+})
+UNREACHABLE_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
+REDACTED = "[redacted]"
+
+
+class StorageError(ValueError):
+    """A storage failure after retries; the message is one line, free of credentials."""
+
+
+class ObjectNotFound(StorageError):
+    """The key has no object."""
+
+
+class S3Config(BaseModel):
+    """How to reach S3. Credentials are deliberately absent: boto3 finds them itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = Field(
+        default=None, description="e.g. http://127.0.0.1:8333; null: AWS_ENDPOINT_URL or AWS itself"
+    )
+    region: str | None = Field(default=None, description="null: AWS_REGION / the profile's region")
+    profile: str | None = Field(default=None, description="a named profile of ~/.aws/config")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="auto: virtual-hosted on AWS, path-style on any other endpoint"
+    )
+    multipart_threshold_mb: int = Field(default=16, ge=MIN_PART_MB)
+    multipart_chunksize_mb: int = Field(default=16, ge=MIN_PART_MB)
+    max_attempts: int = Field(
+        default=12,
+        ge=1,
+        description="per request, first try included; botocore's standard mode waits about "
+        "0.05 s * 2^n (jittered, at most 20 s) between tries, so 12 rides out roughly half a minute",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _plain_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("endpoint_url must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("endpoint_url must not contain credentials; use the AWS environment or a profile")
+        return value
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the pipeline needs from a place to put results; keys are ``/``-separated names."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> str: ...
+    def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
+    def list_keys(self, prefix: str = "") -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+    def uri_for(self, key: str) -> str: ...
+    def describe(self) -> str: ...
+
+
+def content_type_for(key: str) -> str:
+    """The Content-Type stored with an object, from its suffix."""
+    return CONTENT_TYPES.get(Path(key).suffix.lower(), DEFAULT_CONTENT_TYPE)
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the prefix or mean different things to different servers."""
+    parts = key.split("/")
+    if (
+        not key
+        or any(ord(ch) < 0x20 or ch == "\x7f" for ch in key)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key
+
+
+def check_list_prefix(prefix: str) -> str:
+    """A listing prefix is a key's beginning: empty, or a key that may end in ``/``."""
+    if prefix:
+        check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+def normalize_prefix(prefix: str) -> str:
+    """``/runs//2024/`` -> ``runs/2024``; ``.`` and ``..`` parts are refused, not resolved."""
+    parts = [part for part in prefix.split("/") if part]
+    if parts:
+        check_key("/".join(parts))
+    return "/".join(parts)
+
+
+class LocalStore:
+    """The local-directory backend: :class:`pipeline.storage.LocalStorage` plus reads and listing."""
+
+    def __init__(self, root: str | Path):
+        self._files = LocalStorage(root)
+        self.root = self._files.root
+
+    def _path(self, key: str) -> Path:
+        return self._files.path_for(check_key(key))
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        """Atomic (temp file, then rename); files have no content type, so it is ignored."""
+        self._path(key)
+        return self._files.put_bytes(key, data)
+
+    def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str:
+        atomic_copy_file(Path(path), self._path(key))
+        return self.uri_for(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"no object {self.uri_for(key)}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` in sorted order, leaving out unfinished atomic-write temp files."""
+        folder = check_list_prefix(prefix).rpartition("/")[0]
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        keys = []
+        for directory, _, names in os.walk(start):
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                key = (Path(directory) / name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return iter(sorted(keys))
+
+    def delete(self, key: str) -> None:
+        """Idempotent, like S3: deleting a missing key is not an error."""
+        self._path(key).unlink(missing_ok=True)
+
+    def uri_for(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+
+class S3Storage:
+    """Objects under ``s3://bucket/prefix/`` through boto3; every failure is a one-line StorageError."""
+
+    def __init__(self, bucket: str, prefix: str = "", config: S3Config | None = None):
+        self.bucket = _check_bucket(bucket)
+        self.prefix = normalize_prefix(prefix)
+        self.config = config or S3Config()
+        try:
+            session = boto3.session.Session(profile_name=self.config.profile, region_name=self.config.region)
+            self._client, self._probe_client = _make_clients(session, self.config)
+            # Resolved once by the client already (and refreshed in place): only used to redact.
+            self._credentials = session.get_credentials()
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"cannot set up S3 for s3://{self.bucket}: {_one_line(str(exc))}") from exc
+        self.endpoint = _public_url(self._client.meta.endpoint_url)
+        self.region = self._client.meta.region_name
+        self._transfer = TransferConfig(
+            multipart_threshold=self.config.multipart_threshold_mb * MIB,
+            multipart_chunksize=self.config.multipart_chunksize_mb * MIB,
+            max_concurrency=UPLOAD_THREADS,
+            preferred_transfer_client="classic",  # the CRT client ignores our retry/checksum settings
+        )
+
+    def __reduce__(self):
+        """Rebuilt from its settings when sent to another process (boto3 clients do not pickle)."""
+        return (S3Storage, (self.bucket, self.prefix, self.config))
+
+    def object_key(self, key: str) -> str:
+        """The bucket key of ``key``: the prefix, then ``key``."""
+        full = f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+        if len(full.encode("utf-8", "surrogatepass")) > MAX_S3_KEY_BYTES:
+            raise StorageError(f"storage key too long for S3 ({MAX_S3_KEY_BYTES} bytes): {key[:80]!r}...")
+        return full
+
+    def uri_for(self, key: str) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.object_key(key)}"
+
+    def describe(self) -> str:
+        where = f"{S3_SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{S3_SCHEME}{self.bucket}"
+        return f"{where} (endpoint {self.endpoint}, region {self.region})"
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.describe()})"
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        """Multipart above the threshold; S3 shows an object only once it is complete."""
+        return self._upload(key, content_type, lambda args: self._client.upload_fileobj(io.BytesIO(data), **args))
+
+    def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str:
+        return self._upload(key, content_type, lambda args: self._client.upload_file(str(path), **args))
+
+    def _upload(self, key: str, content_type: str | None, send) -> str:
+        args = {
+            "Bucket": self.bucket,
+            "Key": self.object_key(key),
+            "ExtraArgs": {"ContentType": content_type or content_type_for(key)},
+            "Config": self._transfer,
+        }
+        with self._errors("upload", key):
+            send(args)
+        return self.uri_for(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._errors("download", key):
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in NOT_FOUND_CODES:
+                    raise ObjectNotFound(f"no object {self.uri_for(key)}") from None
+                raise
+            return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        """Bytes stored under ``key``; None when there is no object (HEAD cannot tell a missing bucket apart)."""
+        with self._errors("inspect", key):
+            try:
+                head = self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in NOT_FOUND_CODES:
+                    return None
+                raise
+            return int(head["ContentLength"])
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys (without our prefix) starting with ``prefix``, in S3's (sorted) order."""
+        return self._iter_keys(check_list_prefix(prefix))
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+        with self._errors("list", prefix):
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    yield entry["Key"][len(base):]
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    def check_reachable(self) -> None:
+        """HeadBucket once, before any work: a wrong bucket, endpoint or key fails the job at the start."""
+        where = f"S3 bucket {self.bucket!r} at {self.endpoint}"
+        try:
+            self._probe_client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code in NOT_FOUND_CODES | NO_BUCKET_CODES:
+                raise StorageError(f"{where} does not exist") from exc
+            if code in DENIED_CODES:
+                raise StorageError(
+                    f"access to {where} denied ({code}); check the AWS credentials "
+                    "(environment, profile or instance role)"
+                ) from exc
+            raise StorageError(self._redact(f"{where} is not usable: {_reason(exc)}")) from exc
+        except UNREACHABLE_ERRORS as exc:
+            raise StorageError(f"cannot reach S3 endpoint {self.endpoint} for bucket {self.bucket!r}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(self._redact(f"{where}: {_reason(exc)}")) from exc
+
+    @contextmanager
+    def _errors(self, action: str, key: str):
+        """Turn what boto3 raises after its retries into one line naming the object, never a secret."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, S3UploadFailedError) as exc:
+            cause = exc.__context__ if isinstance(exc, S3UploadFailedError) and exc.__context__ else exc
+            target = f"{S3_SCHEME}{self.bucket}/{self.prefix + '/' if self.prefix else ''}{key}"
+            if isinstance(cause, UNREACHABLE_ERRORS):
+                message = f"S3 {action} of {target} failed: cannot reach endpoint {self.endpoint}"
+            else:
+                message = f"S3 {action} of {target} failed: {_reason(cause)}"
+            raise StorageError(self._redact(message)) from exc
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: no server message should echo a secret, but none ever gets through."""
+        if self._credentials is not None:
+            for secret in (self._credentials.secret_key, self._credentials.token):
+                if secret:
+                    text = text.replace(secret, REDACTED)
+        return _one_line(text)
+
+
+def open_storage(output: str, s3: S3Config | None = None) -> Storage:
+    """``s3://bucket[/prefix]`` -> :class:`S3Storage`; a path or ``file://`` URL -> :class:`LocalStore`."""
+    if output.startswith(S3_SCHEME):
+        bucket, _, prefix = output[len(S3_SCHEME):].partition("/")
+        return S3Storage(bucket, prefix, s3)
+    if output.startswith(FILE_SCHEME):
+        return LocalStore(unquote(urlsplit(output).path))
+    if "://" in output:
+        raise StorageError(f"unsupported output {output.split('://')[0]}://...; use a directory or s3://bucket/prefix")
+    return LocalStore(output)
+
+
+def _make_clients(session: boto3.session.Session, config: S3Config):
+    """The client for data, and one with few attempts for :meth:`S3Storage.check_reachable`."""
+
+    def build(addressing_style: str, max_attempts: int):
+        settings = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=config.connect_timeout_s,
+            read_timeout=config.read_timeout_s,
+            s3={"addressing_style": addressing_style},
+        )
+        return session.client("s3", endpoint_url=config.endpoint_url, config=settings)
+
+    style = config.addressing_style
+    client = build(style, config.max_attempts)
+    if style == "auto" and not _is_aws(client.meta.endpoint_url):
+        # Off AWS, bucket.host names rarely resolve: MinIO, SeaweedFS, Ceph behind one host name.
+        style = "path"
+        client = build(style, config.max_attempts)
+    return client, build(style, min(PROBE_ATTEMPTS, config.max_attempts))
+
+
+def _is_aws(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host.endswith(AWS_HOST_SUFFIXES)
+
+
+def _check_bucket(bucket: str) -> str:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+    if not 3 <= len(bucket) <= 63 or not set(bucket) <= allowed:
+        raise StorageError(f"invalid S3 bucket name {bucket!r}")
+    return bucket
+
+
+def _public_url(url: str) -> str:
+    """The endpoint without any user:password@ part, for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code, message = error.get("Code") or str(status), error.get("Message")
+        return f"{code}: {message}" if message else code
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found (environment, profile or instance role)"
+    return str(exc) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,61 @@
+"""A chunk's tokens saved as a Bark voice preset, so a good take can voice later jobs.
+
+Bark Infinity's habit: every clip's semantic, coarse and fine tokens are a
+reusable speaker. The file has exactly the layout of Suno's presets
+(``semantic_prompt`` (T,), ``coarse_prompt`` (2, T'), ``fine_prompt`` (8, T')),
+as int64 and without pickles, so ``pipeline.voices.load_voice`` and upstream
+Bark both read it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.records import VoicePrompt
+from pipeline.storage import atomic_write_bytes
+
+COARSE_CODEBOOKS = 2  # Bark's coarse model predicts EnCodec's first two codebooks
+FINE_CODEBOOKS = 8  # the fine model fills in all eight
+TOKEN_DTYPE = np.int64
+
+
+def voice_from_tokens(name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> VoicePrompt:
+    """A voice prompt from one chunk's tokens, for use in memory; shapes are checked here."""
+    semantic, coarse, fine = (np.asarray(a) for a in (semantic, coarse, fine))
+    _check(name, "semantic", semantic, rows=None)
+    _check(name, "coarse", coarse, rows=COARSE_CODEBOOKS)
+    _check(name, "fine", fine, rows=FINE_CODEBOOKS)
+    if coarse.shape[1] != fine.shape[1]:
+        raise ValueError(f"tokens {name!r}: coarse has {coarse.shape[1]} frames but fine has {fine.shape[1]}")
+    return VoicePrompt(name=name, semantic_prompt=semantic, coarse_prompt=coarse, fine_prompt=fine)
+
+
+def save_voice_npz(path: Path, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> None:
+    """Write the tokens as a voice-preset ``.npz``, whole or not at all (temp file, then rename)."""
+    voice = voice_from_tokens(str(path), semantic, coarse, fine)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        semantic_prompt=voice.semantic_prompt.astype(TOKEN_DTYPE),
+        coarse_prompt=voice.coarse_prompt.astype(TOKEN_DTYPE),
+        fine_prompt=voice.fine_prompt.astype(TOKEN_DTYPE),
+    )
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def _check(name: str, field: str, array: np.ndarray, rows: int | None) -> None:
+    """What a voice needs: integer tokens, Bark's shape, at least one frame."""
+    problem = None
+    if not np.issubdtype(array.dtype, np.integer):
+        problem = f"dtype {array.dtype} is not an integer type"
+    elif rows is None and array.ndim != 1:
+        problem = f"expected shape (tokens,), got {array.shape}"
+    elif rows is not None and (array.ndim != 2 or array.shape[0] != rows):
+        problem = f"expected shape ({rows}, frames), got {array.shape}"
+    elif array.size == 0:
+        problem = "is empty; a voice needs at least one token"
+    if problem:
+        raise ValueError(f"tokens {name!r}: {field}: {problem}")

@@ -1,0 +1,346 @@
+"""Dataset sources: every format reads its good rows in order, fails each bad row alone, and streams."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import gzip
+import json
+import tracemalloc
+from itertools import islice
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+import pipeline.datasets as datasets
+from pipeline.datasets import ColumnsConfig, is_dataset, iter_dataset_items
+from pipeline.sources import Item, ItemError
+
+LAZY_ROWS = 200_000
+# Taking a few items must cost far less than the file: here some KiB against a ~16 MB file.
+LAZY_PEAK_BYTES = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def item_with_extra(monkeypatch):
+    """Until ``Item`` has its ``extra`` field, test against an Item that has it, so extras are checked now."""
+    if "extra" not in {f.name for f in dataclasses.fields(Item)}:
+
+        @dataclasses.dataclass(frozen=True)
+        class ItemWithExtra(Item):
+            extra: dict = dataclasses.field(default_factory=dict)
+
+        monkeypatch.setattr(datasets, "Item", ItemWithExtra)
+
+
+def outcome(results):
+    """(kind, id, field) per result: what a test can compare in one line."""
+    return [("error", r.id, r.field) if isinstance(r, ItemError) else ("item", r.id, r.text) for r in results]
+
+
+def write_jsonl(path, rows):
+    """Rows as JSON objects, or raw bytes for hostile lines."""
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows))
+    return path
+
+
+def write_csv(path, rows, delimiter=","):
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file, delimiter=delimiter).writerows(rows)
+    return path
+
+
+# --- JSONL ------------------------------------------------------------------------
+
+
+def test_jsonl_rows_become_items_with_voice_params_and_extras(tmp_path):
+    path = write_jsonl(
+        tmp_path / "data.jsonl",
+        [
+            {"id": 7, "text": "Hello there.", "voice": "v2/en_speaker_6", "params": {"seed": 3}, "lang": "en", "n": 1},
+            {"id": "b", "text": "Second row.", "voice": None, "speaker": {"name": "Ann"}},
+        ],
+    )
+    first, second = iter_dataset_items(path, ColumnsConfig())
+    assert (first.id, first.text, first.voice, first.params) == ("7", "Hello there.", "v2/en_speaker_6", {"seed": 3})
+    assert first.extra == {"lang": "en", "n": 1}
+    assert (second.id, second.voice, second.params, second.extra) == ("b", None, {}, {"speaker": {"name": "Ann"}})
+
+
+def test_jsonl_hostile_rows_fail_alone_and_good_rows_keep_their_order(tmp_path):
+    path = write_jsonl(
+        tmp_path / "data.ndjson",
+        [
+            {"id": "a", "text": "First."},
+            {"id": "no-text"},
+            {"id": "null-text", "text": None},
+            {"id": "number-text", "text": 5},
+            {"id": "empty", "text": ""},
+            {"id": "blank", "text": " \n\t "},
+            b'{"id": "broken", "text": "unterminated}',
+            b"[1, 2, 3]",
+            b'{"id": "latin1", "text": "caf\xe9"}',
+            b'"just a string"',
+            b"\xff\xfe garbage",
+            {"text": "No id."},
+            {"id": ["a", "list"], "text": "Odd id."},
+            {"id": "bad-voice", "text": "Hi.", "voice": 3},
+            {"id": "bad-params", "text": "Hi.", "params": [1]},
+            {"id": "z", "text": "Last."},
+        ],
+    )
+    (tmp_path / "data.ndjson").write_bytes(path.read_bytes().replace(b'"First."}\n', b'"First."}\n\n   \n'))
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    assert outcome(results) == [
+        ("item", "a", "First."),
+        ("error", "no-text", "text"),
+        ("error", "null-text", "text"),
+        ("error", "number-text", "text"),
+        ("error", "empty", "text"),
+        ("error", "blank", "text"),
+        ("error", "line 9", "line"),  # blank lines count as lines: ids name the line to look at
+        ("error", "line 10", "line"),
+        ("error", "latin1", "line"),  # its id is readable although the text's byte is not UTF-8
+        ("error", "line 12", "line"),
+        ("error", "line 13", "line"),
+        ("error", "line 14", "id"),
+        ("error", "line 15", "id"),
+        ("error", "bad-voice", "voice"),
+        ("error", "bad-params", "params"),
+        ("item", "z", "Last."),
+    ]
+    errors = [r for r in results if isinstance(r, ItemError)]
+    assert all(r.message and "\n" not in r.message for r in errors)
+    assert "empty" in errors[3].message and "empty" in errors[4].message
+    assert "UTF-8" in errors[7].message and "JSON" in errors[5].message and "object" in errors[6].message
+
+
+def test_gzipped_jsonl_with_a_byte_order_mark_and_custom_columns(tmp_path):
+    lines = [{"key": "k1", "body": "Gzipped text.", "who": "announcer", "tag": "x"}]
+    path = tmp_path / "data.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + json.dumps(lines[0]).encode() + b"\n"))
+    columns = ColumnsConfig(id="key", text="body", voice="who", params=None, extra=["tag"])
+    [item] = iter_dataset_items(path, columns)
+    assert (item.id, item.text, item.voice, item.extra) == ("k1", "Gzipped text.", "announcer", {"tag": "x"})
+
+
+def test_without_voice_and_params_columns_those_fields_are_plain_metadata(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "text": "Hi.", "voice": "v2/en_speaker_1", "params": "raw"}])
+    [item] = iter_dataset_items(path, ColumnsConfig(voice=None, params=None))
+    assert (item.voice, item.params, item.extra) == (None, {}, {"voice": "v2/en_speaker_1", "params": "raw"})
+
+
+def test_a_jsonl_generator_reads_only_what_it_yields(tmp_path):
+    path = tmp_path / "big.jsonl"
+    with open(path, "w", encoding="utf-8") as file:
+        for n in range(LAZY_ROWS):
+            file.write(json.dumps({"id": n, "text": f"Sentence number {n} of a long dataset.", "n": n}) + "\n")
+    assert path.stat().st_size > 10 * LAZY_PEAK_BYTES
+
+    tracemalloc.start()
+    try:
+        items = iter_dataset_items(path, ColumnsConfig())
+        first = list(islice(items, 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    items.close()
+    assert [i.id for i in first] == [str(n) for n in range(10)]
+    assert peak < LAZY_PEAK_BYTES
+
+
+# --- CSV / TSV --------------------------------------------------------------------
+
+
+def test_csv_rows_with_voice_params_extras_and_a_quoted_multiline_text(tmp_path):
+    path = write_csv(
+        tmp_path / "data.csv",
+        [
+            ["id", "text", "voice", "params", "chapter", "lang"],
+            ["1", "One line.", "v2/en_speaker_6", '{"seed": 4, "sampling": {"semantic": {"temperature": 0.6}}}', "1", "en"],
+            ["2", 'Two lines, with "quotes".\n\nSecond paragraph.', "", "", "1", "en"],
+        ],
+    )
+    first, second = iter_dataset_items(path, ColumnsConfig())
+    assert (first.id, first.voice, first.params) == ("1", "v2/en_speaker_6", {"seed": 4, "sampling": {"semantic": {"temperature": 0.6}}})
+    assert first.extra == {"chapter": "1", "lang": "en"}
+    assert second.text == 'Two lines, with "quotes".\n\nSecond paragraph.'
+    assert (second.voice, second.params) == (None, {})  # empty cells: the job's defaults
+
+
+def test_csv_extra_lists_only_the_chosen_columns(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [["id", "text", "a", "b"], ["1", "Hi.", "A", "B"]])
+    [item] = iter_dataset_items(path, ColumnsConfig(extra=["b"]))
+    assert item.extra == {"b": "B"}
+
+
+def test_csv_hostile_rows_fail_alone(tmp_path):
+    good = write_csv(
+        tmp_path / "good.csv",
+        [
+            ["id", "text", "voice", "params"],
+            ["a", "First.", "", ""],
+            ["empty", "", "", ""],
+            ["blank", "   ", "", ""],
+            ["", "No id.", "", ""],
+            ["short", "Too few fields."],
+            ["long", "Too, many", "fields", "", "x"],
+            ["bad-params", "Hi.", "", "{not json"],
+            ["list-params", "Hi.", "", "[1]"],
+        ],
+    )
+    latin1 = "latin1,caf\xe9,,\n".encode("latin-1")
+    tail = b"z,Last.,,\n"
+    path = tmp_path / "data.csv"
+    path.write_bytes(good.read_bytes() + latin1 + tail)
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    assert outcome(results) == [
+        ("item", "a", "First."),
+        ("error", "empty", "text"),
+        ("error", "blank", "text"),
+        ("error", "row 4", "id"),
+        ("error", "short", "row"),
+        ("error", "long", "row"),
+        ("error", "bad-params", "params"),
+        ("error", "list-params", "params"),
+        ("error", "latin1", "text"),
+        ("item", "z", "Last."),
+    ]
+    assert all("\n" not in r.message for r in results if isinstance(r, ItemError))
+
+
+def test_tsv_reads_tab_separated_rows(tmp_path):
+    path = write_csv(tmp_path / "d.tsv", [["id", "text", "note"], ["1", "Commas, kept.", "n"]], delimiter="\t")
+    [item] = iter_dataset_items(path, ColumnsConfig())
+    assert (item.text, item.extra) == ("Commas, kept.", {"note": "n"})
+
+
+def test_a_header_without_a_configured_column_fails_the_whole_file(tmp_path):
+    csv_path = write_csv(tmp_path / "d.csv", [["ID", "text"], ["1", "Hi."]])
+    with pytest.raises(ValueError, match="no column 'id'"):
+        next(iter_dataset_items(csv_path, ColumnsConfig()))
+    parquet_path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": ["1"], "body": ["Hi."]}), parquet_path)
+    with pytest.raises(ValueError, match="no column 'text'"):
+        next(iter_dataset_items(parquet_path, ColumnsConfig()))
+    with pytest.raises(ValueError, match="'missing'"):
+        next(iter_dataset_items(parquet_path, ColumnsConfig(text="body", extra=["missing"])))
+
+
+def test_an_empty_csv_is_an_empty_dataset(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert list(iter_dataset_items(tmp_path / "empty.csv", ColumnsConfig())) == []
+
+
+# --- Parquet ----------------------------------------------------------------------
+
+
+def test_parquet_rows_with_typed_extras_struct_params_and_hostile_rows(tmp_path):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4, None, 6], pa.int64()),
+            "text": ["First.", None, "", "  ", "No id.", "Last."],
+            "voice": ["announcer", None, None, None, None, None],
+            "params": pa.array(
+                [{"seed": 5}, None, None, None, None, {"seed": None}], pa.struct([("seed", pa.int64())])
+            ),
+            "day": [datetime.date(2024, 5, 1)] * 6,
+            "score": [0.5] * 6,
+        }
+    )
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path)
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    assert outcome(results) == [
+        ("item", "1", "First."),
+        ("error", "2", "text"),
+        ("error", "3", "text"),
+        ("error", "4", "text"),
+        ("error", "row 5", "id"),
+        ("item", "6", "Last."),
+    ]
+    first = results[0]
+    assert (first.voice, first.params, first.extra) == ("announcer", {"seed": 5}, {"day": "2024-05-01", "score": 0.5})
+    json.dumps(first.extra)  # what metadata will do with it
+
+
+def test_parquet_json_string_params(tmp_path):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["Hi.", "Ho."], "params": ['{"voice_mode": "chained"}', "{oops"]}), path)
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    assert results[0].params == {"voice_mode": "chained"}
+    assert outcome(results[1:]) == [("error", "b", "params")]
+
+
+def test_parquet_streams_one_batch_at_a_time(tmp_path, monkeypatch):
+    rows, group = 5_000, 500
+    path = tmp_path / "d.parquet"
+    table = pa.table({"id": list(range(rows)), "text": [f"Row {n} " + "words " * 40 for n in range(rows)]})
+    pq.write_table(table, path, row_group_size=group)
+    assert pq.ParquetFile(path).num_row_groups == rows // group
+
+    batches = []
+    real_iter_batches = pq.ParquetFile.iter_batches
+
+    def counting_iter_batches(self, *args, **kwargs):
+        for batch in real_iter_batches(self, *args, **kwargs):
+            batches.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting_iter_batches)
+    monkeypatch.setattr(datasets, "PARQUET_BATCH_ROWS", 100)
+    items = iter_dataset_items(path, ColumnsConfig())
+    assert [i.id for i in islice(items, 150)] == [str(n) for n in range(150)]
+    assert batches == [100, 100]  # two batches read for 150 rows, not the file
+    assert sum(1 for _ in items) == rows - 150
+    assert len(batches) == rows // 100
+
+
+# --- suffixes, config, opening ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("data.jsonl", True),
+        ("s3://bucket/folder/DATA.NDJSON.GZ", True),
+        ("file:///tmp/rows.csv", True),
+        ("rows.tsv.gz", True),
+        ("part-0.parquet", True),
+        ("part-0.parquet.gz", False),
+        ("book.txt", False),
+        ("data.json", False),
+        ("folder/", False),
+    ],
+)
+def test_is_dataset_by_suffix(uri, expected):
+    assert is_dataset(uri) is expected
+
+
+def test_columns_config_rejects_typos_and_clashing_columns():
+    with pytest.raises(ValidationError, match="extra_forbidden"):
+        ColumnsConfig(txt="body")
+    with pytest.raises(ValidationError, match="different columns"):
+        ColumnsConfig(text="id")
+    with pytest.raises(ValidationError, match="must not repeat"):
+        ColumnsConfig(extra=["voice"])
+    assert ColumnsConfig.model_validate({"voice": None, "extra": ["a"]}).named == ["id", "text", "params"]
+
+
+def test_missing_files_and_unknown_suffixes_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        next(iter_dataset_items(tmp_path / "nope.jsonl", ColumnsConfig()))
+    with pytest.raises(ValueError, match="not a dataset"):
+        next(iter_dataset_items(tmp_path / "book.txt", ColumnsConfig()))
+    for no_key in ("s3://bucket.jsonl", "s3:///key.jsonl"):
+        with pytest.raises(ValueError, match="bucket and a key"):
+            next(iter_dataset_items(no_key, ColumnsConfig()))
+
+
+def test_file_uris_are_local_paths(tmp_path):
+    path = write_jsonl(tmp_path / "my data.jsonl", [{"id": 1, "text": "Hi."}])
+    [item] = iter_dataset_items(path.as_uri(), ColumnsConfig())
+    assert item.text == "Hi."
