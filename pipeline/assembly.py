@@ -232,6 +232,8 @@ class ItemMetadata(_Strict):
     )
     wall_s: float = Field(ge=0)
     error: str | None = None
+    audio_bytes: int | None = Field(default=None, description="size of the audio object, checked on resume")
+    audio_checksum: str | None = Field(default=None, description="sha256 of the audio object")
     extra: dict[str, Any] = Field(default_factory=dict, description="the input's other fields, carried along")
     files: dict[str, str] = Field(
         default_factory=dict, description="kind -> URI of what was written: audio, srt, vtt, tokens ..."

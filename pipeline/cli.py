@@ -7,8 +7,11 @@ arguments (nothing was narrated). Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
@@ -31,11 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="narrate a text file or a folder of them")
     run.add_argument("--config", required=True, type=Path, help="YAML job config (see configs/)")
-    run.add_argument("--input", required=True, type=Path, help=".txt, .md or .epub file, or a folder of them")
-    run.add_argument("--output", required=True, type=Path, help="output directory")
+    run.add_argument(
+        "--input",
+        required=True,
+        help=".txt/.md/.epub file or a folder of them; or a .jsonl/.csv/.parquet dataset (local or s3://)",
+    )
+    run.add_argument("--output", required=True, help="output directory, or s3://bucket/prefix")
     run.add_argument("--voice", help="default voice: preset name (v2/en_speaker_6) or .npz path")
     run.add_argument("--seed", type=int, help="job seed (overrides the config)")
-    run.add_argument("--quiet", action="store_true", help="only errors and the summary")
+    run.add_argument("--quiet", action="store_true", help="no progress bar: only errors and the summary")
+    run.add_argument("--retry-failed", action="store_true", help="also redo items an earlier run recorded as failed")
 
     commands.add_parser("voices", help="list the voice presets that ship with Suno's bark package")
 
@@ -46,46 +54,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _items(source: str, config):
+    """The item stream of ``--input``: a dataset read row by row, or text files."""
+    from pipeline.datasets import is_dataset, iter_dataset_items
+    from pipeline.sources import READERS, iter_file_items
+
+    if is_dataset(source):
+        return iter_dataset_items(source, config.input.columns, endpoint_url=config.s3.endpoint_url)
+    path = Path(source)
+    if source.startswith("s3://"):
+        raise ConfigError(f"--input: only datasets (.jsonl, .csv, .parquet) can be read from S3, not {source}")
+    if not path.exists():
+        raise ConfigError(f"--input: {source} does not exist")
+    if path.is_file() and path.suffix.lower() not in READERS:
+        raise ConfigError(f"--input: cannot read {path.suffix or 'suffix-less'} files; use {', '.join(READERS)}, a folder, or a dataset")
+    return iter_file_items(path)
+
+
 def _run(args: argparse.Namespace) -> int:
     import ray
 
-    from pipeline.job import run_job
-    from pipeline.sources import READERS, iter_file_items
+    from pipeline.job import NarrationJob
     from pipeline.voices import VoiceError
     from workers.checkpoints import CheckpointError, resolve_checkpoint_dir
 
     overrides = {k: v for k, v in (("voice", args.voice), ("seed", args.seed)) if v is not None}
     try:
         config = load_config(args.config, overrides)
-        if not args.input.exists():
-            raise ConfigError(f"--input: {args.input} does not exist")
-        if args.input.is_file() and args.input.suffix.lower() not in READERS:
-            raise ConfigError(f"--input: cannot read {args.input.suffix or 'suffix-less'} files; use {', '.join(READERS)} or a folder")
-        if args.output.exists() and not args.output.is_dir():
+        items = _items(args.input, config)
+        if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
             raise ConfigError(f"--output: {args.output} is not a directory")
         resolve_checkpoint_dir(config.model)  # fails here, or makes the tiny model once
-    except (ConfigError, CheckpointError) as exc:
+        job = NarrationJob(config, args.output, quiet=args.quiet, retry_failed=args.retry_failed)
+    except (ConfigError, CheckpointError, VoiceError, ValueError) as exc:
         print(f"bark-pipeline: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    args.output.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
-        ray.init(
-            address=config.ray.address,
-            num_cpus=config.ray.num_cpus,
-            num_gpus=config.ray.num_gpus,
-            log_to_driver=not args.quiet,
-        )
-    echo = (lambda line: None) if args.quiet else print
-    try:
-        summary = run_job(config, iter_file_items(args.input), args.output, echo=echo)
-    except (ConfigError, CheckpointError, VoiceError) as exc:
-        print(f"bark-pipeline: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    print(
-        f"done: {summary.ok} ok, {summary.failed} failed, {summary.audio_s:.1f} s of audio "
-        f"in {summary.wall_s:.1f} s -> {args.output}"
-    )
+        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, log_to_driver=not args.quiet)
+    with _stop_on_signals(job):
+        try:
+            summary = job.run(items)
+        except (ConfigError, CheckpointError, VoiceError, OSError, ValueError) as exc:  # e.g. a dataset without its text column
+            print(f"bark-pipeline: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
+    print(f"{summary.line()} -> {args.output}")
     return summary.exit_code
+
+
+@contextlib.contextmanager
+def _stop_on_signals(job):
+    """SIGINT/SIGTERM (Ctrl-C, ``ray job stop``) end the job cleanly: finished items stay
+    recorded, nothing partial is left under a final name, and a rerun resumes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum, _frame):
+        print(f"bark-pipeline: {signal.Signals(signum).name}: stopping, finished items are kept", file=sys.stderr)
+        job.request_stop()
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _make_tiny(args: argparse.Namespace) -> int:

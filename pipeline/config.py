@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGE_NAMES = ("semantic", "coarse", "fine", "codec")
 StageName = Literal["semantic", "coarse", "fine", "codec"]
@@ -134,6 +135,85 @@ class TextConfig(Strict):
     )
 
 
+class ColumnsConfig(Strict):
+    """Which column of a dataset holds what.
+
+    ``voice`` and ``params`` are optional columns (``null``: no such column): a
+    missing column or an empty cell means the job's default. ``params`` holds a
+    JSON object of the item's own settings (validated later as
+    ``pipeline.config.ItemParams``). ``extra`` names the columns carried into
+    the item's metadata; ``"*"`` carries every column not named above.
+    """
+
+    id: str = Field(default="id", min_length=1)
+    text: str = Field(default="text", min_length=1)
+    voice: str | None = Field(default="voice", min_length=1)
+    params: str | None = Field(default="params", min_length=1)
+    extra: list[str] | Literal["*"] = "*"
+
+    @property
+    def named(self) -> list[str]:
+        """The columns with a role, in order: id, text, and voice and params when set."""
+        return [c for c in (self.id, self.text, self.voice, self.params) if c is not None]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ColumnsConfig:
+        named = self.named
+        if len(set(named)) != len(named):
+            raise ValueError(f"id, text, voice and params must be different columns, got {named}")
+        if self.extra != "*" and set(self.extra) & set(named):
+            raise ValueError(f"extra must not repeat id/text/voice/params columns: {sorted(set(self.extra) & set(named))}")
+        return self
+
+
+class InputConfig(Strict):
+    """How dataset inputs (JSONL, CSV, Parquet) map to items."""
+
+    columns: ColumnsConfig = ColumnsConfig()
+
+
+S3_MIN_PART_MB = 5  # S3 refuses multipart parts under 5 MiB (but the last)
+
+
+class S3Config(BaseModel):
+    """How to reach S3. Credentials are deliberately absent: boto3 finds them itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = Field(
+        default=None, description="e.g. http://127.0.0.1:8333; null: AWS_ENDPOINT_URL or AWS itself"
+    )
+    region: str | None = Field(default=None, description="null: AWS_REGION / the profile's region")
+    profile: str | None = Field(default=None, description="a named profile of ~/.aws/config")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="auto: virtual-hosted on AWS, path-style on any other endpoint"
+    )
+    multipart_threshold_mb: int = Field(default=16, ge=S3_MIN_PART_MB)
+    multipart_chunksize_mb: int = Field(default=16, ge=S3_MIN_PART_MB)
+    max_attempts: int = Field(
+        default=12,
+        ge=1,
+        description="per request, first try included; botocore's standard mode waits about "
+        "0.05 s * 2^n (jittered, at most 20 s) between tries, so 12 rides out roughly half a minute",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _plain_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("endpoint_url must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("endpoint_url must not contain credentials; use the AWS environment or a profile")
+        return value
+
+
+
+
 class SilenceConfig(Strict):
     """Seconds of silence inserted at each kind of boundary between two chunks."""
 
@@ -191,6 +271,8 @@ class JobConfig(Strict):
     model: ModelConfig
     stages: StagesConfig = StagesConfig()
     sampling: SamplingSet = SamplingSet()
+    input: InputConfig = InputConfig()
+    s3: S3Config = Field(default_factory=lambda: S3Config(), description="for s3:// inputs and outputs")
     text: TextConfig = TextConfig()
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()

@@ -27,16 +27,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 import boto3
 import pyarrow.parquet as pq
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import Field, model_validator
 
-from pipeline.config import Strict
+from pipeline.config import ColumnsConfig
 from pipeline.sources import Item, ItemError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -55,37 +54,6 @@ UTF8_BOM = b"\xef\xbb\xbf"
 S3_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
 
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-
-
-class ColumnsConfig(Strict):
-    """Which column of a dataset holds what.
-
-    ``voice`` and ``params`` are optional columns (``null``: no such column): a
-    missing column or an empty cell means the job's default. ``params`` holds a
-    JSON object of the item's own settings (validated later as
-    ``pipeline.config.ItemParams``). ``extra`` names the columns carried into
-    the item's metadata; ``"*"`` carries every column not named above.
-    """
-
-    id: str = Field(default="id", min_length=1)
-    text: str = Field(default="text", min_length=1)
-    voice: str | None = Field(default="voice", min_length=1)
-    params: str | None = Field(default="params", min_length=1)
-    extra: list[str] | Literal["*"] = "*"
-
-    @property
-    def named(self) -> list[str]:
-        """The columns with a role, in order: id, text, and voice and params when set."""
-        return [c for c in (self.id, self.text, self.voice, self.params) if c is not None]
-
-    @model_validator(mode="after")
-    def _distinct(self) -> ColumnsConfig:
-        named = self.named
-        if len(set(named)) != len(named):
-            raise ValueError(f"id, text, voice and params must be different columns, got {named}")
-        if self.extra != "*" and set(self.extra) & set(named):
-            raise ValueError(f"extra must not repeat id/text/voice/params columns: {sorted(set(self.extra) & set(named))}")
-        return self
 
 
 def is_dataset(uri: str | os.PathLike) -> bool:

@@ -10,42 +10,35 @@ as its last chunk's audio arrives. A failing chunk fails its item alone.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray
 from pydantic import ValidationError
 
-from pipeline.assembly import ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk, write_audio, write_json_atomic
+from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
 from pipeline.config import ItemParams, JobConfig, SamplingSet, VoiceMode
-from pipeline.manifest import Manifest, ManifestEntry
+from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, read_manifest
+from pipeline.object_store import LocalStore, ObjectNotFound, open_storage
+from pipeline.progress import JobSummary, Progress
 from pipeline.records import AudioOutput, VoicePrompt
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
-from pipeline.storage import LocalStorage, item_key
+from pipeline.storage import item_key
 from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
 from pipeline.text import TextChunk, detect_language, make_chunks
-from pipeline.tokens import save_voice_npz
+from pipeline.tokens import voice_npz_bytes
 from pipeline.voices import VoiceError, load_voice
 from workers.checkpoints import load_settings_for, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class JobSummary:
-    ok: int = 0
-    failed: int = 0
-    audio_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
+STOP_POLL_S = 0.5  # how often the driver looks for a stop request while chunks are running
 
 
 def history_sources(n_chunks: int, mode: VoiceMode, reset_every: int | None, has_voice: bool) -> list[int | None]:
@@ -93,16 +86,27 @@ class _ItemState:
 
 
 class NarrationJob:
-    def __init__(self, config: JobConfig, output_dir: Path, *, echo=print) -> None:
+    def __init__(self, config: JobConfig, output: str, *, quiet: bool = False, retry_failed: bool = False) -> None:
         self.config = config
-        self.storage = LocalStorage(output_dir)
-        self.manifest = Manifest(output_dir)
-        self.echo = echo
+        self.storage = open_storage(output, config.s3)
+        if isinstance(self.storage, LocalStore):
+            self.done = Manifest.read(self.storage.root)  # what earlier runs finished: resume skips it
+            self.manifest = Manifest(self.storage.root)
+        else:
+            self.storage.check_reachable()
+            self.done = read_manifest(self.storage)
+            self.manifest = ManifestParts(self.storage, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+        self.retry_failed = retry_failed
+        self.progress = Progress(quiet=quiet)
         self.tokenizer = load_tokenizer(config.model)
         self.settings = load_settings_for(config.model)
         self.default_voice = self._load_voice(config.voice) if config.voice else None
-        self.summary = JobSummary()
         self.seen_ids: set[str] = set()
+        self.stop_requested = False
+
+    def request_stop(self) -> None:
+        """Stop admitting work and return soon; finished items stay recorded (SIGINT/SIGTERM)."""
+        self.stop_requested = True
 
     def _load_voice(self, spec: str) -> VoicePrompt:
         return load_voice(spec, semantic_vocab=self.settings.semantic.semantic_vocab_size, codebook_size=self.settings.codebook_size)
@@ -125,7 +129,7 @@ class NarrationJob:
         limit = self.config.scheduler.max_chunks_in_flight
         batch = self.config.stages.semantic.batch_size
         try:
-            while True:
+            while not self.stop_requested:
                 while not exhausted and len(ready) + len(in_flight) < limit:
                     item = next(items, None)
                     if item is None:
@@ -140,14 +144,16 @@ class NarrationJob:
                     if exhausted and not ready:
                         break
                     continue
-                done, _ = ray.wait(list(in_flight), num_returns=1)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=STOP_POLL_S)
                 for ref in done:
                     state, index = in_flight.pop(ref)
                     self._receive(state, index, ref, states)
         finally:
             pipeline.shutdown()
-        self.summary.wall_s = time.perf_counter() - started
-        return self.summary
+            self.manifest.close()
+        summary = self.progress.close(time.perf_counter() - started)
+        summary.stopped = self.stop_requested
+        return summary
 
     def _submit(self, pipeline: StagePipeline, take, in_flight) -> list[tuple[_ItemState, int]]:
         """Submits chunks; returns the chunks that this made ready (they continue these)."""
@@ -176,6 +182,9 @@ class NarrationJob:
         if item.id in self.seen_ids:
             return self._fail(item.id, "id: duplicate item id in the input")
         self.seen_ids.add(item.id)
+        if self._already_done(item.id):
+            self.progress.item_skipped()
+            return None
         try:
             params = ItemParams.model_validate(item.params or {})
             sampling = _merged_sampling(self.config.sampling, params)
@@ -250,7 +259,9 @@ class NarrationJob:
             rate = output.sample_rate
         key = item_key(state.item.id)
         files = {"audio": f"{key}.{output.format}", "metadata": f"{key}.json"}
-        write_audio(self.storage.path_for(files["audio"]), audio, rate, output.format)
+        encoded = encode_audio(audio, rate, output.format)
+        self.storage.put_bytes(files["audio"], encoded)
+        checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
         chunks = [
             ChunkMetadata(
                 index=chunk.index,
@@ -274,8 +285,8 @@ class NarrationJob:
             for index, fine in enumerate(ray.get([state.fine[i] for i in range(len(state.chunks))])):
                 if fine.tokens.shape[-1] == 0:
                     continue  # a chunk that ended at once has no tokens to reuse as a voice
-                files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
-                save_voice_npz(self.storage.path_for(files[f"tokens_{index}"]), fine.semantic, fine.coarse, fine.tokens)
+                name = files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
+                self.storage.put_bytes(name, voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens))
         duration = len(audio) / rate
         metadata = ItemMetadata(
             id=state.item.id,
@@ -292,19 +303,50 @@ class NarrationJob:
             timings=_total_timings(outputs),
             wall_s=time.perf_counter() - state.started,
             files={kind: self.storage.uri_for(name) for kind, name in files.items()},
+            audio_bytes=len(encoded),
+            audio_checksum=checksum,
+            extra=state.item.extra,
         )
-        write_json_atomic(self.storage.path_for(files["metadata"]), metadata)
-        uri = self.storage.uri_for(files["audio"])
-        self.manifest.append(ManifestEntry(id=state.item.id, status="ok", uri=uri, duration_s=duration, error=None))
-        self.summary.ok += 1
-        self.summary.audio_s += duration
-        self.echo(f"ok      {state.item.id}: {duration:.1f} s of audio in {len(outputs)} chunks")
+        # The metadata object goes last: its presence marks the item as complete.
+        self.storage.put_bytes(files["metadata"], (metadata.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        self._record_ok(state.item.id, self.storage.uri_for(files["audio"]), duration, checksum, len(encoded))
+        self.progress.item_done(state.item.id, duration, len(outputs))
 
     def _fail(self, item_id: str, reason: str) -> None:
         self.manifest.append(ManifestEntry(id=item_id, status="failed", uri=None, duration_s=None, error=reason))
-        self.summary.failed += 1
-        self.echo(f"FAILED  {item_id}: {reason}")
+        self.progress.item_failed(item_id, reason)
         return None
+
+    def _record_ok(self, item_id: str, uri: str, duration: float, checksum: str | None, size: int | None) -> None:
+        self.manifest.append(
+            ManifestEntry(id=item_id, status="ok", uri=uri, duration_s=duration, checksum=checksum, bytes=size)
+        )
+
+    def _already_done(self, item_id: str) -> bool:
+        """Done by an earlier run: failed (unless retried), or ok with its objects really there.
+
+        Only a rerun looks at the objects: an item recorded ok must still have its
+        metadata and an audio object of the recorded size; an item with no line
+        (the run stopped between writing its objects and its manifest line) counts
+        as done when its metadata object is there and its audio matches it.
+        """
+        if not self.done:
+            return False
+        entry = self.done.get(item_id)
+        if entry is not None and entry.status == "failed":
+            return not self.retry_failed
+        key = item_key(item_id)
+        audio_key = f"{key}.{self.config.output.format}"
+        if entry is not None:
+            return self.storage.exists(f"{key}.json") and self.storage.size(audio_key) == entry.bytes
+        try:
+            metadata = ItemMetadata.model_validate_json(self.storage.get_bytes(f"{key}.json"))
+        except (ObjectNotFound, ValidationError):
+            return False
+        if metadata.audio_bytes is None or self.storage.size(audio_key) != metadata.audio_bytes:
+            return False
+        self._record_ok(item_id, self.storage.uri_for(audio_key), metadata.duration_s, metadata.audio_checksum, metadata.audio_bytes)
+        return True
 
 
 def _with_history(work: ChunkWork, history: ChunkRefs | None) -> ChunkWork:
@@ -336,8 +378,3 @@ def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     text = str(cause).strip().splitlines()
     return text[-1] if text else type(cause).__name__
-
-
-def run_job(config: JobConfig, items: Iterator[Item | ItemError], output_dir: Path, *, echo=print) -> JobSummary:
-    return NarrationJob(config, output_dir, echo=echo).run(items)
-

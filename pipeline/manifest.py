@@ -9,10 +9,11 @@ next append, and a rerun simply redoes that one item.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -24,6 +25,8 @@ class ManifestEntry(BaseModel):
     status: Literal["ok", "failed"]
     uri: str | None = None
     duration_s: float | None = None
+    checksum: str | None = Field(default=None, description="sha256 of the audio object")
+    bytes: int | None = Field(default=None, description="size of the audio object, checked on resume")
     error: str | None = None
 
 
@@ -113,3 +116,60 @@ def _last_line_start(file, size: int, block: int = 1 << 16) -> int:
             return start + newline + 1
         end = start
     return 0
+
+
+PARTS_PREFIX = "manifest.parts/"
+PART_MAX_ENTRIES = 200  # an object store cannot append: a run writes its lines in part objects
+PART_MAX_AGE_S = 10.0
+
+
+class ManifestParts:
+    """The manifest on object storage, where nothing can be appended.
+
+    Each run buffers its lines and writes them as its own part objects
+    (``manifest.parts/<run>-<n>.jsonl``) every ``PART_MAX_ENTRIES`` lines or
+    ``PART_MAX_AGE_S`` seconds; concurrent runs never write the same object. At
+    the end a run merges every part into ``manifest.jsonl`` and deletes its own
+    parts. A crash loses at most the unwritten buffer: resume then finds those
+    items through their metadata objects.
+    """
+
+    def __init__(self, storage, run_id: str) -> None:
+        self.storage = storage
+        self.run_id = run_id
+        self._buffer: list[str] = []
+        self._written: list[str] = []
+        self._last_flush = time.monotonic()
+
+    def append(self, entry: ManifestEntry) -> None:
+        self._buffer.append(entry.model_dump_json())
+        if len(self._buffer) >= PART_MAX_ENTRIES or time.monotonic() - self._last_flush >= PART_MAX_AGE_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            key = f"{PARTS_PREFIX}{self.run_id}-{len(self._written):06d}.jsonl"
+            self.storage.put_bytes(key, ("\n".join(self._buffer) + "\n").encode("utf-8"))
+            self._written.append(key)
+            self._buffer = []
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        merged = read_manifest(self.storage)
+        lines = "".join(entry.model_dump_json() + "\n" for entry in merged.values())
+        self.storage.put_bytes(MANIFEST_NAME, lines.encode("utf-8"))
+        for key in self._written:
+            self.storage.delete(key)
+
+
+def read_manifest(storage) -> dict[str, ManifestEntry]:
+    """Latest entry per id from ``manifest.jsonl`` and every part object, in that order."""
+    entries: dict[str, ManifestEntry] = {}
+    sources = [MANIFEST_NAME] if storage.exists(MANIFEST_NAME) else []
+    for key in sources + list(storage.list_keys(PARTS_PREFIX)):
+        for line in storage.get_bytes(key).decode("utf-8", errors="replace").splitlines():
+            entry = _parse(line) if line.strip() else None
+            if entry is not None:
+                entries[entry.id] = entry
+    return entries

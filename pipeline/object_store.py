@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import boto3
@@ -25,15 +25,13 @@ import botocore.config
 import botocore.exceptions
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.config import S3Config
 from pipeline.storage import LocalStorage, atomic_copy_file
 
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
 MIB = 1024 * 1024
-# S3 refuses parts under 5 MiB (except the last one).
-MIN_PART_MB = 5
 # S3's limit on a key, in UTF-8 bytes.
 MAX_S3_KEY_BYTES = 1024
 # Parallel part uploads per file; a job already uploads several files at once.
@@ -74,43 +72,6 @@ class StorageError(ValueError):
 
 class ObjectNotFound(StorageError):
     """The key has no object."""
-
-
-class S3Config(BaseModel):
-    """How to reach S3. Credentials are deliberately absent: boto3 finds them itself."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoint_url: str | None = Field(
-        default=None, description="e.g. http://127.0.0.1:8333; null: AWS_ENDPOINT_URL or AWS itself"
-    )
-    region: str | None = Field(default=None, description="null: AWS_REGION / the profile's region")
-    profile: str | None = Field(default=None, description="a named profile of ~/.aws/config")
-    addressing_style: Literal["auto", "path", "virtual"] = Field(
-        default="auto", description="auto: virtual-hosted on AWS, path-style on any other endpoint"
-    )
-    multipart_threshold_mb: int = Field(default=16, ge=MIN_PART_MB)
-    multipart_chunksize_mb: int = Field(default=16, ge=MIN_PART_MB)
-    max_attempts: int = Field(
-        default=12,
-        ge=1,
-        description="per request, first try included; botocore's standard mode waits about "
-        "0.05 s * 2^n (jittered, at most 20 s) between tries, so 12 rides out roughly half a minute",
-    )
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(default=60.0, gt=0)
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _plain_http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("endpoint_url must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise ValueError("endpoint_url must not contain credentials; use the AWS environment or a profile")
-        return value
 
 
 @runtime_checkable
@@ -172,7 +133,7 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> str:
         """Atomic (temp file, then rename); files have no content type, so it is ignored."""
-        self._path(key)
+        self._path(key)  # our stricter key check (control characters) first
         return self._files.put_bytes(key, data)
 
     def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str:

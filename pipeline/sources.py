@@ -34,8 +34,9 @@ class Item:
     """One text to narrate.
 
     ``voice`` overrides the job's voice when set; ``params`` holds the item's
-    own raw settings (a Markdown front-matter block), which the job validates
-    as ``pipeline.config.ItemParams``.
+    own raw settings (a Markdown front-matter block, dataset columns), which
+    the job validates as ``pipeline.config.ItemParams``; ``extra`` is metadata
+    carried into the item's output as is (a dataset row's other columns).
     """
 
     id: str
@@ -43,6 +44,7 @@ class Item:
     voice: str | None = None
     title: str | None = None
     params: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ def voice_from_tokens(name: str, semantic: np.ndarray, coarse: np.ndarray, fine:
 
 def save_voice_npz(path: Path, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> None:
     """Write the tokens as a voice-preset ``.npz``, whole or not at all (temp file, then rename)."""
-    voice = voice_from_tokens(str(path), semantic, coarse, fine)
+    atomic_write_bytes(Path(path), voice_npz_bytes(str(path), semantic, coarse, fine))
+
+
+def voice_npz_bytes(name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> bytes:
+    """The bytes of a voice-preset ``.npz`` (plain int64 arrays, nothing pickled)."""
+    voice = voice_from_tokens(name, semantic, coarse, fine)
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -43,7 +48,7 @@ def save_voice_npz(path: Path, semantic: np.ndarray, coarse: np.ndarray, fine: n
         coarse_prompt=voice.coarse_prompt.astype(TOKEN_DTYPE),
         fine_prompt=voice.fine_prompt.astype(TOKEN_DTYPE),
     )
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _check(name: str, field: str, array: np.ndarray, rows: int | None) -> None:

@@ -7,6 +7,7 @@ out a server restart on boto3's standard retries.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 import uuid
@@ -172,8 +173,6 @@ def test_large_file_goes_multipart_and_reads_back(s3_env, tmp_path):
 
 
 def test_store_pickles_by_settings(s3_env):
-    import pickle
-
     store = S3Storage(s3_env.bucket, unique_prefix(), S3Config())
     store.put_bytes("p.json", b"{}")
     assert pickle.loads(pickle.dumps(store)).get_bytes("p.json") == b"{}"
