@@ -145,7 +145,9 @@ def _voices(_args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
+    # Our own messages at INFO; libraries (boto3 announces where it found credentials) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipeline").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     return {"run": _run, "voices": _voices, "make-tiny-model": _make_tiny}[args.command](args)
 
 

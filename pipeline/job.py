@@ -103,6 +103,7 @@ class NarrationJob:
         self.default_voice = self._load_voice(config.voice) if config.voice else None
         self.seen_ids: set[str] = set()
         self.stop_requested = False
+        self.pipeline: StagePipeline | None = None
 
     def request_stop(self) -> None:
         """Stop admitting work and return soon; finished items stay recorded (SIGINT/SIGTERM)."""
@@ -118,7 +119,7 @@ class NarrationJob:
 
     def run(self, items: Iterator[Item | ItemError]) -> JobSummary:
         started = time.perf_counter()
-        pipeline = StagePipeline(self.config)
+        self.pipeline = pipeline = StagePipeline(self.config)
         for placement in pipeline.placements():
             log.info("stage %(stage)s on node %(node_id)s, GPUs %(gpu_ids)s, %(device)s %(dtype)s", placement)
         states: dict[str, _ItemState] = {}
@@ -177,14 +178,14 @@ class NarrationJob:
 
     def _admit(self, item: Item | ItemError) -> _ItemState | None:
         """Plans an item's chunks; a bad item is recorded as failed at once."""
+        if self._already_done(item.id):
+            self.progress.item_skipped()
+            return None
         if isinstance(item, ItemError):
             return self._fail(item.id, f"{item.field}: {item.message}")
         if item.id in self.seen_ids:
             return self._fail(item.id, "id: duplicate item id in the input")
         self.seen_ids.add(item.id)
-        if self._already_done(item.id):
-            self.progress.item_skipped()
-            return None
         try:
             params = ItemParams.model_validate(item.params or {})
             sampling = _merged_sampling(self.config.sampling, params)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from s3_server import seaweed_fixture  # noqa: F401 - registers the session's s3_server fixture
 from workers.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,3 +25,16 @@ def ray_session():
         ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """Only the standard AWS variables for this server: no host profile, no instance-metadata lookups."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in s3_server.aws_env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -24,7 +24,7 @@ from pipeline.object_store import (
     open_storage,
 )
 from pipeline.storage import item_key
-from s3_server import free_ports, seaweed_fixture  # noqa: F401 - registers the s3_server fixture
+from s3_server import free_ports
 
 MIB = 1024 * 1024
 LARGE_BYTES = 40 * MIB
@@ -35,19 +35,6 @@ FAST_FAIL = {"max_attempts": 2, "connect_timeout_s": 1.0, "read_timeout_s": 2.0}
 WRONG_SECRET = "wrong-secret-that-must-never-be-printed"
 HOSTILE_IDS = ["../x", "/abs", "", "a\0b", "x" * 5000, "日本語/😀", "..", "a/../../b", "a//b", "CON", "%2E%2E"]
 HOSTILE_KEYS = ["", "/abs", "../x", "a/../b", "a//b", "./a", "a/", "a\0b", "a\nb", "."]
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch, tmp_path):
-    """Only the standard AWS variables for this server: no host profile, no instance-metadata lookups."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name, value in s3_server.aws_env().items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 def unique_prefix() -> str:
