@@ -62,11 +62,11 @@ def _history(voice):
     return {k: torch.as_tensor(getattr(voice, k)) for k in ("semantic_prompt", "coarse_prompt", "fine_prompt")}
 
 
-def _sampling_kwargs(temperature: float) -> dict:
+def _sampling_kwargs(sampling) -> dict:
     # transformers samples only with do_sample; top_k=0 turns off its default top-k of 50.
-    if temperature == GREEDY:
+    if sampling.temperature == GREEDY:
         return {"do_sample": False, "top_k": 0}
-    return {"do_sample": True, "temperature": temperature, "top_k": 0}
+    return {"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k or 0, "top_p": sampling.top_p}
 
 
 def _oracle_semantic(tiny, text_ids, voice, seed, sampling: SemanticSampling):
@@ -84,13 +84,13 @@ def _oracle_semantic(tiny, text_ids, voice, seed, sampling: SemanticSampling):
         semantic_generation_config=config,
         history_prompt=_history(voice),
         min_eos_p=sampling.min_eos_p,
-        **_sampling_kwargs(sampling.temperature),
+        **_sampling_kwargs(sampling),
     )[0].numpy()
     eos = tiny["settings"].semantic.eos_token_id
     return out[:-1] if len(out) and out[-1] == eos else out
 
 
-def _oracle_coarse(tiny, semantic, voice, seed, temperature):
+def _oracle_coarse(tiny, semantic, voice, seed, sampling: CoarseSampling):
     s = tiny["settings"]
     torch.manual_seed(seed)
     return tiny["oracle"].coarse_acoustics.generate(
@@ -99,7 +99,7 @@ def _oracle_coarse(tiny, semantic, voice, seed, temperature):
         coarse_generation_config=BarkCoarseGenerationConfig(**s.coarse.to_dict()),
         codebook_size=s.codebook_size,
         history_prompt=_history(voice),
-        **_sampling_kwargs(temperature),
+        **_sampling_kwargs(sampling),
     )[0].numpy()
 
 
@@ -165,7 +165,7 @@ def test_coarse_matches_oracle(tiny, voices, batch_size, mode):
             tiny["ours"]["coarse"], tiny["settings"], [requests[i] for i in rows], [semantic[i] for i in rows]
         )
     for request, tokens, sem in zip(requests, ours, semantic):
-        expected = _oracle_coarse(tiny, sem, request.voice, request.seed, temperature)
+        expected = _oracle_coarse(tiny, sem, request.voice, request.seed, request.sampling)
         assert tokens.shape == (2, tiny["settings"].coarse_length(len(sem)) // 2)
         np.testing.assert_array_equal(flatten_coarse(tokens, tiny["settings"]), expected, err_msg=f"chunk {request.key}")
 
@@ -221,7 +221,7 @@ def test_chained_stages_match_oracle_end_to_end(tiny, voices):
     audio = decode_audio(tiny["ours"]["codec"], [fine])[0]
 
     expected_semantic = _oracle_semantic(tiny, ids, voice, 1, semantic_sampling)
-    expected_coarse = _oracle_coarse(tiny, expected_semantic, voice, 2, CoarseSampling().temperature)
+    expected_coarse = _oracle_coarse(tiny, expected_semantic, voice, 2, CoarseSampling())
     expected_fine = _oracle_fine(tiny, unflatten_coarse(expected_coarse.tolist(), settings), voice, 3, FineSampling().temperature)
     with torch.no_grad():
         expected_audio = tiny["oracle"].codec_decode(torch.as_tensor(expected_fine)[None])[0].numpy()
@@ -229,3 +229,25 @@ def test_chained_stages_match_oracle_end_to_end(tiny, voices):
     np.testing.assert_array_equal(flatten_coarse(coarse, settings), expected_coarse)
     np.testing.assert_array_equal(fine, expected_fine)
     np.testing.assert_allclose(audio, expected_audio, rtol=0, atol=1e-5)
+
+
+def test_top_k_and_top_p_sampling_match_oracle(tiny, voices):
+    """Per-chunk top-k / top-p filtering draws what transformers' warpers draw."""
+    settings = tiny["settings"]
+    filters = {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
+    sampling = SemanticSampling(min_eos_p=0.2, max_new_tokens=SEMANTIC_STEPS, **filters)
+    ids = [tiny["tokenizer"].encode(text, add_special_tokens=False) for text in TEXTS[:2]]
+    requests = [
+        SemanticRequest(key=str(i), text_ids=t, voice=v, seed=400 + i, sampling=sampling)
+        for i, (t, v) in enumerate(zip(ids, voices))
+    ]
+    semantic = generate_semantic(tiny["ours"]["semantic"], settings, requests)
+    coarse_requests = [
+        CoarseRequest(key=r.key, voice=r.voice, seed=500 + i, sampling=CoarseSampling(**filters))
+        for i, r in enumerate(requests)
+    ]
+    coarse = generate_coarse(tiny["ours"]["coarse"], settings, coarse_requests, semantic)
+    for request, tokens, coarse_request, coarse_tokens in zip(requests, semantic, coarse_requests, coarse):
+        np.testing.assert_array_equal(tokens, _oracle_semantic(tiny, request.text_ids, request.voice, request.seed, sampling))
+        expected = _oracle_coarse(tiny, tokens, request.voice, coarse_request.seed, coarse_request.sampling)
+        np.testing.assert_array_equal(flatten_coarse(coarse_tokens, settings), expected)
