@@ -23,6 +23,9 @@ from workers.actors import WORKER_CLASSES
 
 log = logging.getLogger(__name__)
 
+# The stages that make tokens, in order, with the request each takes.
+TOKEN_STAGES = (("semantic", SemanticRequest), ("coarse", CoarseRequest), ("fine", FineRequest))
+
 
 @dataclass(frozen=True)
 class ChunkWork:
@@ -86,41 +89,22 @@ class StagePipeline:
 
     def submit(self, chunks: Sequence[ChunkWork]) -> list[ChunkRefs]:
         """Queues chunks through all four stages at once; Ray starts each call when its inputs exist."""
-        semantic = self._call(
-            "semantic",
-            [
-                SemanticRequest(
+        outputs: list[list[ray.ObjectRef]] = []
+        for stage, request_type in TOKEN_STAGES:
+            requests = [
+                request_type(
                     key=c.key,
-                    text_ids=c.text_ids,
                     voice=c.voice,
-                    seed=stage_seed(c.seed, "semantic"),
-                    sampling=c.sampling.semantic,
+                    seed=stage_seed(c.seed, stage),
+                    sampling=getattr(c.sampling, stage),
+                    **({"text_ids": c.text_ids} if stage == "semantic" else {}),
                 )
                 for c in chunks
-            ],
-            [],
-            [c.history.semantic if c.history else None for c in chunks],
-        )
-        coarse = self._call(
-            "coarse",
-            [
-                CoarseRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "coarse"), sampling=c.sampling.coarse)
-                for c in chunks
-            ],
-            semantic,
-            [c.history.coarse if c.history else None for c in chunks],
-        )
-        fine = self._call(
-            "fine",
-            [
-                FineRequest(key=c.key, voice=c.voice, seed=stage_seed(c.seed, "fine"), sampling=c.sampling.fine)
-                for c in chunks
-            ],
-            coarse,
-            [c.history.fine if c.history else None for c in chunks],
-        )
-        audio = self._call("codec", [CodecRequest(key=c.key) for c in chunks], fine, [None] * len(chunks))
-        return [ChunkRefs(*refs) for refs in zip(semantic, coarse, fine, audio)]
+            ]
+            histories = [getattr(c.history, stage) if c.history else None for c in chunks]
+            outputs.append(self._call(stage, requests, outputs[-1] if outputs else [], histories))
+        audio = self._call("codec", [CodecRequest(key=c.key) for c in chunks], outputs[-1], [None] * len(chunks))
+        return [ChunkRefs(*refs) for refs in zip(*outputs, audio)]
 
     def _call(self, stage: str, requests: list, inputs: list, histories: list) -> list[ray.ObjectRef]:
         """Splits the requests into this stage's batches, each to the next replica.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 # Kept as they are; everything else (including % itself) is percent-encoded,
@@ -59,13 +60,19 @@ def _cut(encoded: str, limit: int) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    with _atomic_file(path) as file:
+        file.write(data)
+
+
+@contextmanager
+def _atomic_file(path: Path):
+    """A hidden temp file beside ``path``, renamed onto it once written and on disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+        with open(temp, "xb") as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -119,17 +126,6 @@ COPY_CHUNK_BYTES = 8 * 1024 * 1024
 def atomic_copy_file(source: Path, path: Path) -> None:
     """Copy ``source`` to ``path`` with :func:`atomic_write_bytes`' guarantee, streaming:
     long-form audio can be larger than one wants to hold in memory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(source, "rb") as reader, open(temp, "xb") as writer:
-            while chunk := reader.read(COPY_CHUNK_BYTES):
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with open(source, "rb") as reader, _atomic_file(path) as writer:
+        while chunk := reader.read(COPY_CHUNK_BYTES):
+            writer.write(chunk)
