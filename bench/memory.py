@@ -2,8 +2,7 @@
 
 The scheduler keeps a bounded number of chunks in flight and reads the input
 lazily, so the driver's peak memory should not grow with the number of items.
-Each size runs in a fresh process (peak RSS is per process); the Ray object
-store's use is sampled while the job runs.
+Each size runs in a fresh process, since peak RSS is per process.
 
     python bench/memory.py --items 100 10000
 """
@@ -17,7 +16,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,25 +44,13 @@ def child(items: int, workdir: Path) -> dict:
     (workdir / "job.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(workdir / "job.yaml")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    store_peak = [0]
-
-    def sample_object_store() -> None:
-        while not done.is_set():
-            used = ray.cluster_resources().get("object_store_memory", 0) - ray.available_resources().get("object_store_memory", 0)
-            store_peak[0] = max(store_peak[0], used)
-            time.sleep(0.5)
-
-    done = threading.Event()
-    threading.Thread(target=sample_object_store, daemon=True).start()
     started = time.perf_counter()
     summary = NarrationJob(config, str(workdir / "out"), quiet=True).run(iter_dataset_items(str(source)))
-    done.set()
     return {
         "items": items,
         "ok": summary.ok,
         "wall_s": round(time.perf_counter() - started, 1),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "object_store_peak_mb": round(store_peak[0] / 2**20, 1),
     }
 
 
