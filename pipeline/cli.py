@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _items(source: str, config):
-    """The item stream of ``--input``: a dataset read row by row, or text files."""
-    from pipeline.datasets import is_dataset, iter_dataset_items
+    """The item stream of ``--input`` (a dataset read row by row, or text files) and,
+    where it is cheap to know, how many items it holds (for the progress bar's ETA)."""
+    from pipeline.datasets import count_rows, is_dataset, iter_dataset_items
     from pipeline.sources import READERS, iter_file_items
 
     if is_dataset(source):
-        return iter_dataset_items(source, config.input.columns, endpoint_url=config.s3.endpoint_url)
+        return iter_dataset_items(source, config.input.columns, endpoint_url=config.s3.endpoint_url), count_rows(source)
     path = Path(source)
     if source.startswith("s3://"):
         raise ConfigError(f"--input: only datasets (.jsonl, .csv, .parquet) can be read from S3, not {source}")
@@ -68,7 +69,9 @@ def _items(source: str, config):
         raise ConfigError(f"--input: {source} does not exist")
     if path.is_file() and path.suffix.lower() not in READERS:
         raise ConfigError(f"--input: cannot read {path.suffix or 'suffix-less'} files; use {', '.join(READERS)}, a folder, or a dataset")
-    return iter_file_items(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
+    one_item_each = all(f.suffix.lower() != ".epub" for f in files)  # an EPUB holds one item per chapter
+    return iter_file_items(path), len(files) if one_item_each else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,11 +84,11 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("voice", args.voice), ("seed", args.seed)) if v is not None}
     try:
         config = load_config(args.config, overrides)
-        items = _items(args.input, config)
+        items, total = _items(args.input, config)
         if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
             raise ConfigError(f"--output: {args.output} is not a directory")
         resolve_checkpoint_dir(config.model)  # fails here, or makes the tiny model once
-        job = NarrationJob(config, args.output, quiet=args.quiet, retry_failed=args.retry_failed)
+        job = NarrationJob(config, args.output, quiet=args.quiet, retry_failed=args.retry_failed, total_items=total)
     except (ConfigError, CheckpointError, VoiceError, ValueError) as exc:
         print(f"bark-pipeline: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

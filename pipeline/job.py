@@ -86,7 +86,15 @@ class _ItemState:
 
 
 class NarrationJob:
-    def __init__(self, config: JobConfig, output: str, *, quiet: bool = False, retry_failed: bool = False) -> None:
+    def __init__(
+        self,
+        config: JobConfig,
+        output: str,
+        *,
+        quiet: bool = False,
+        retry_failed: bool = False,
+        total_items: int | None = None,
+    ) -> None:
         self.config = config
         self.storage = open_storage(output, config.s3)
         if isinstance(self.storage, LocalStore):
@@ -97,7 +105,7 @@ class NarrationJob:
             self.done = read_manifest(self.storage)
             self.manifest = ManifestParts(self.storage, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
         self.retry_failed = retry_failed
-        self.progress = Progress(quiet=quiet)
+        self.progress = Progress(quiet=quiet, total_items=total_items)
         self.tokenizer = load_tokenizer(config.model)
         self.settings = load_settings_for(config.model)
         self.default_voice = self._load_voice(config.voice) if config.voice else None

@@ -344,3 +344,15 @@ def test_file_uris_are_local_paths(tmp_path):
     path = write_jsonl(tmp_path / "my data.jsonl", [{"id": 1, "text": "Hi."}])
     [item] = iter_dataset_items(path.as_uri(), ColumnsConfig())
     assert item.text == "Hi."
+
+
+def test_count_rows_gives_the_progress_bar_its_total(tmp_path):
+    from pipeline.datasets import count_rows
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(f'{{"id": {n}, "text": "t"}}\n' for n in range(25)))
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("id,text\n" + "".join(f"{n},t\n" for n in range(7)))
+    assert count_rows(jsonl) == 25 and count_rows(csv_file) == 7
+    assert count_rows("s3://bucket/rows.jsonl") is None and count_rows(tmp_path / "missing.jsonl") is None
+    assert sum(1 for _ in iter_dataset_items(jsonl)) == count_rows(jsonl)

@@ -130,3 +130,10 @@ def test_missing_input_and_bad_arguments_exit_2(tmp_path):
     assert result.returncode == 2 and "--input" in result.stderr
     assert _cli("run", "--config").returncode == 2
     assert _cli("frobnicate").returncode == 2
+
+
+def test_voices_command_lists_every_preset_of_the_bark_package():
+    result = _cli("voices")
+    names = result.stdout.split()
+    assert result.returncode == 0 and len(names) == 271
+    assert {"v2/en_speaker_6", "announcer", "v2/zh_speaker_9"} <= set(names)
