@@ -274,7 +274,7 @@ def _word_cuts(text: str) -> list[int]:
             if previous is not None and not opened:
                 cuts.append(i)
             previous, opened = "cjk", False
-        elif ch.isalnum():
+        elif ch.isalnum() or unicodedata.category(ch) == "Pc":  # "_" joins words like a letter
             if previous == "cjk" and not opened:
                 cuts.append(i)
             previous, opened = "other", False
