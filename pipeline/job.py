@@ -10,6 +10,7 @@ as its last chunk's audio arrives. A failing chunk fails its item alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -39,6 +40,7 @@ from workers.checkpoints import load_settings_for, load_tokenizer
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.5  # how often the driver looks for a stop request while chunks are running
+TOKEN_CACHE_TEXTS = 4096  # recent texts whose token ids are kept (an item's chunks and their candidates)
 
 
 def history_sources(n_chunks: int, mode: VoiceMode, reset_every: int | None, has_voice: bool) -> list[int | None]:
@@ -65,7 +67,6 @@ class _ItemState:
 
     item: Item
     seed: int
-    params: ItemParams
     voice_name: str | None
     voice_mode: VoiceMode
     language: str
@@ -109,6 +110,9 @@ class NarrationJob:
         self.tokenizer = load_tokenizer(config.model)
         self.settings = load_settings_for(config.model)
         self.default_voice = self._load_voice(config.voice) if config.voice else None
+        self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(
+            lambda text: tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        )
         self.seen_ids: set[str] = set()
         self.stop_requested = False
         self.pipeline: StagePipeline | None = None
@@ -121,7 +125,11 @@ class NarrationJob:
         return load_voice(spec, semantic_vocab=self.settings.semantic.semantic_vocab_size, codebook_size=self.settings.codebook_size)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.token_ids(text))
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        """Tokenizer ids, cached: the chunker counts a chunk's tokens and the stage then needs them."""
+        return self._encode(text)
 
     # ------------------------------------------------------------------ driving
 
@@ -222,7 +230,7 @@ class NarrationJob:
         works = [
             ChunkWork(
                 key=f"{item.id}#{chunk.index}",
-                text_ids=self.tokenizer.encode(chunk.text, add_special_tokens=False),
+                text_ids=list(self.token_ids(chunk.text)),
                 voice=voice,
                 seed=chunk_seed_,
                 sampling=sampling,
@@ -232,7 +240,6 @@ class NarrationJob:
         return _ItemState(
             item=item,
             seed=seed,
-            params=params,
             voice_name=voice.name if voice else None,
             voice_mode=mode,
             language=language,

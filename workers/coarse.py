@@ -24,6 +24,7 @@ import torch
 from transformers.generation.logits_process import AlternatingCodebooksLogitsProcessor, LogitsProcessor
 
 from pipeline.records import CoarseRequest, VoicePrompt
+from workers.decoding import decode_step
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -94,12 +95,8 @@ def _run_window(model, settings: BarkSettings, group: list[_Chunk], device) -> N
         keep = [p for p, row in enumerate(active) if step < steps[row]]
         if not keep:
             return
-        if len(keep) < len(active):
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-        active = [active[p] for p in keep]
-        next_ids = torch.tensor([[group[row].coarse[-1]] for row in active], dtype=torch.long, device=device)
-        out = model(input_ids=next_ids, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        n_active, active = len(active), [active[p] for p in keep]
+        cache, logits = decode_step(model, cache, keep, n_active, [group[row].coarse[-1] for row in active])
 
 
 class _CodebookIdsOnly(LogitsProcessor):

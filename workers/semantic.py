@@ -15,6 +15,7 @@ import torch
 from transformers.generation.logits_process import BarkEosPrioritizerLogitsProcessor, SuppressTokensLogitsProcessor
 
 from pipeline.records import SemanticRequest
+from workers.decoding import decode_step
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -86,11 +87,6 @@ def generate_semantic(model, settings: BarkSettings, requests: Sequence[Semantic
                 keep.append(position)
         if not keep:
             break
-        if len(keep) < len(active):
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-        active = [active[p] for p in keep]
-        next_ids = torch.tensor([[outputs[row][-1]] for row in active], dtype=torch.long, device=device)
-        out = model(input_ids=next_ids, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :]
+        n_active, active = len(active), [active[p] for p in keep]
+        cache, logits = decode_step(model, cache, keep, n_active, [outputs[row][-1] for row in active])
     return [np.asarray(tokens, dtype=np.int64) for tokens in outputs]
