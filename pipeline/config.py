@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 STAGE_NAMES = ("semantic", "coarse", "fine", "codec")
 StageName = Literal["semantic", "coarse", "fine", "codec"]
 DType = Literal["float32", "float16", "bfloat16"]
-AttentionImpl = Literal["eager", "flash_attention_2"]
+AttentionImpl = Literal["eager", "sdpa"]
+DecodeCompile = Literal["off", "torch_compile", "cuda_graphs"]
+PlacementStrategy = Literal["none", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
 class Strict(BaseModel):
@@ -69,9 +71,29 @@ class StageConfig(Strict):
         description="GPU share per replica; 'auto' asks for one GPU when the cluster has GPUs, none otherwise",
     )
     num_cpus: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=8, ge=1)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per replica, e.g. {coarse_node: 1} to pin a node type"
+    )
+    batch_size: int = Field(default=8, ge=1, description="most chunks one forward pass carries")
+    max_wait_ms: float = Field(
+        default=10.0, ge=0, description="how long a stage holds a partial batch open for more chunks to arrive"
+    )
+    continuous: bool = Field(
+        default=True,
+        description="semantic and coarse: a finished chunk leaves the batch and a waiting one takes its slot "
+        "at once (false: each batch runs to its longest member)",
+    )
+    decode_compile: DecodeCompile = Field(
+        default="off",
+        description="semantic and coarse on a GPU: compile the decode step (torch_compile) or also capture it "
+        "as CUDA graphs (cuda_graphs); both use a fixed-shape step over every slot",
+    )
     dtype: DType = "float32"
-    attn_implementation: AttentionImpl = "eager"
+    attn_implementation: AttentionImpl = Field(
+        default="sdpa",
+        description="eager: transformers' own arithmetic (matmul, softmax, matmul); sdpa: torch's "
+        "scaled_dot_product_attention, which picks its flash or memory-efficient kernels on a GPU",
+    )
     torch_threads: int | None = Field(default=None, ge=1)
     max_restarts: int = Field(default=3, ge=-1)
     max_task_retries: int = Field(default=3, ge=-1)
@@ -104,6 +126,9 @@ class SamplingConfig(Strict):
 class SemanticSampling(SamplingConfig):
     temperature: float = Field(default=0.7, ge=0)
     min_eos_p: float | None = Field(default=0.2, gt=0, le=1)
+    stop_at_eos: bool = Field(
+        default=True, description="false: always generate max_new_tokens (fixed lengths, for benchmarks)"
+    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="default: the checkpoint's generation config (768)"
     )
@@ -244,6 +269,18 @@ class SchedulerConfig(Strict):
     max_chunks_in_flight: int = Field(default=64, ge=1)
 
 
+class PlacementConfig(Strict):
+    """Where the stage replicas go: one Ray placement group with a bundle per replica.
+
+    ``PACK`` keeps the stages on as few nodes as possible (tokens stay on one
+    node); ``SPREAD`` puts them on different nodes; the ``STRICT_`` forms fail
+    instead of bending. ``none`` leaves placement to Ray's default scheduler.
+    """
+
+    strategy: PlacementStrategy = "none"
+    timeout_s: float = Field(default=300.0, gt=0, description="how long to wait for the cluster to fit the group")
+
+
 class RayConfig(Strict):
     """How the driver connects. ``address: null`` starts (or joins, under ``ray job submit``) Ray."""
 
@@ -277,6 +314,7 @@ class JobConfig(Strict):
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     ray: RayConfig = RayConfig()
+    placement: PlacementConfig = PlacementConfig()
     voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")
     voice_mode: VoiceMode = Field(
         default="fixed",

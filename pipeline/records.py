@@ -75,3 +75,20 @@ class AudioOutput(Record):
     audio: np.ndarray  # (samples,) float32
     sample_rate: int
     timings: dict[str, float] = Field(default_factory=dict)
+
+
+class BatchRecord(Record):
+    """One forward-pass span of a stage replica, for utilisation plots and tuning.
+
+    A static stage records one per batch. A continuous stage records one per
+    stretch of decode steps with unchanged membership: ``size`` chunks stepped
+    ``steps`` times between ``started`` and ``ended`` (unix seconds).
+    """
+
+    stage: str
+    replica: int
+    started: float
+    ended: float
+    size: int
+    steps: int = 1
+    queued: int = Field(default=0, description="chunks waiting in this replica when the span began")
