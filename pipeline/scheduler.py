@@ -1,10 +1,10 @@
-"""Deploys the four stage actors and streams chunk batches through them.
+"""Deploys the four stage actors and streams chunks through them.
 
-The driver never waits between stages: for a batch it calls semantic, passes
-the returned ObjectRefs straight into the coarse call, those into fine, and
-those into the codec, all at once. Ray starts each call when its inputs exist,
-so while the codec decodes one batch the coarse stage already works on the
-next. Only the final audio comes back to the driver.
+The driver never waits between stages: for a chunk it calls semantic, passes
+the returned ObjectRef straight into the coarse call, that into fine, and that
+into the codec, all at once. Ray starts each call when its input exists; each
+actor gathers the chunks that reach it into its own batches. Only the final
+audio comes back to the driver.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import ray
 
-from pipeline.config import STAGE_NAMES, ConfigError, JobConfig, SamplingSet, StageName
-from pipeline.records import CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
+from pipeline.config import STAGE_NAMES, JobConfig, SamplingSet
+from pipeline.placement import StagePlacement
+from pipeline.records import BatchRecord, CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
 from pipeline.seeds import stage_seed
 from workers.actors import WORKER_CLASSES
 
@@ -54,33 +55,19 @@ class ChunkRefs:
     audio: ray.ObjectRef
 
 
-def resolve_gpu_share(config: JobConfig, stage: StageName, cluster_gpus: float) -> float:
-    """GPU share per replica; 'auto' takes one GPU where the cluster has any."""
-    requested = config.stages.of(stage).num_gpus
-    if requested == "auto":
-        return 1.0 if cluster_gpus > 0 else 0.0
-    if requested > 0 and cluster_gpus <= 0:
-        raise ConfigError(f"stages.{stage}.num_gpus: asks for {requested} GPU but the Ray cluster has none")
-    return float(requested)
-
-
 class StagePipeline:
-    """The replicas of every stage and the way one batch is fed through them."""
+    """The replicas of every stage, and the way chunks are fed through them."""
 
     def __init__(self, config: JobConfig) -> None:
         self.config = config
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        self.placement = StagePlacement(config, ray.cluster_resources().get("GPU", 0))
         self.replicas: dict[str, list] = {}
         for stage in STAGE_NAMES:
-            stage_config = config.stages.of(stage)
-            options = {
-                "num_gpus": resolve_gpu_share(config, stage, cluster_gpus),
-                "num_cpus": stage_config.num_cpus,
-                "max_restarts": stage_config.max_restarts,
-                "max_task_retries": stage_config.max_task_retries,
-            }
-            worker = WORKER_CLASSES[stage].options(**options)
-            self.replicas[stage] = [worker.remote(config.model, stage_config) for _ in range(stage_config.replicas)]
+            worker = WORKER_CLASSES[stage]
+            self.replicas[stage] = [
+                worker.options(**self.placement.options(stage, index)).remote(config.model, config.stages.of(stage), index)
+                for index in range(config.stages.of(stage).replicas)
+            ]
         self._next_replica = {stage: itertools.cycle(actors) for stage, actors in self.replicas.items()}
 
     def placements(self) -> list[dict]:
@@ -88,41 +75,35 @@ class StagePipeline:
         return ray.get([actor.placement.remote() for actors in self.replicas.values() for actor in actors])
 
     def submit(self, chunks: Sequence[ChunkWork]) -> list[ChunkRefs]:
-        """Queues chunks through all four stages at once; Ray starts each call when its inputs exist."""
-        outputs: list[list[ray.ObjectRef]] = []
-        for stage, request_type in TOKEN_STAGES:
-            requests = [
-                request_type(
-                    key=c.key,
-                    voice=c.voice,
-                    seed=stage_seed(c.seed, stage),
-                    sampling=getattr(c.sampling, stage),
-                    **({"text_ids": c.text_ids} if stage == "semantic" else {}),
-                )
-                for c in chunks
-            ]
-            histories = [getattr(c.history, stage) if c.history else None for c in chunks]
-            outputs.append(self._call(stage, requests, outputs[-1] if outputs else [], histories))
-        audio = self._call("codec", [CodecRequest(key=c.key) for c in chunks], outputs[-1], [None] * len(chunks))
-        return [ChunkRefs(*refs) for refs in zip(*outputs, audio)]
+        """Queues each chunk through all four stages at once; Ray starts each call when its inputs exist."""
+        return [self._submit_one(chunk) for chunk in chunks]
 
-    def _call(self, stage: str, requests: list, inputs: list, histories: list) -> list[ray.ObjectRef]:
-        """Splits the requests into this stage's batches, each to the next replica.
-
-        Upstream outputs and histories go in as top-level arguments, so Ray hands
-        them to the actor resolved, straight from the object store.
-        """
-        batch_size = self.config.stages.of(stage).batch_size
+    def _submit_one(self, c: ChunkWork) -> ChunkRefs:
+        """One call per stage. The upstream output and the history go in as top-level
+        arguments, so Ray hands them to the actor resolved, straight from the object
+        store; the actor batches the chunk with whatever else is waiting there."""
         refs: list[ray.ObjectRef] = []
-        for start in range(0, len(requests), batch_size):
-            batch = slice(start, start + batch_size)
-            size = len(requests[batch])
-            actor = next(self._next_replica[stage])
-            out = actor.run.options(num_returns=size).remote(requests[batch], *inputs[batch], *histories[batch])
-            refs.extend([out] if size == 1 else out)
-        return refs
+        for stage, request_type in TOKEN_STAGES:
+            request = request_type(
+                key=c.key,
+                voice=c.voice,
+                seed=stage_seed(c.seed, stage),
+                sampling=getattr(c.sampling, stage),
+                **({"text_ids": c.text_ids} if stage == "semantic" else {}),
+            )
+            history = getattr(c.history, stage) if c.history else None
+            upstream = refs[-1] if refs else None
+            refs.append(next(self._next_replica[stage]).process.remote(request, upstream, history))
+        refs.append(next(self._next_replica["codec"]).process.remote(CodecRequest(key=c.key), refs[-1], None))
+        return ChunkRefs(*refs)
+
+    def stats(self, since: float = 0.0) -> list[BatchRecord]:
+        """Every replica's forward-pass spans that ended after ``since`` (unix seconds)."""
+        spans = ray.get([actor.stats.remote(since) for actors in self.replicas.values() for actor in actors])
+        return sorted((span for replica in spans for span in replica), key=lambda span: span.started)
 
     def shutdown(self) -> None:
         for actors in self.replicas.values():
             for actor in actors:
                 ray.kill(actor)
+        self.placement.remove()

@@ -1,16 +1,31 @@
 """The four Ray actors, one per Bark stage, each hosting only its own sub-model.
 
-A call takes a batch of requests plus the previous stage's outputs as separate
-arguments: when the driver passes ObjectRefs there, Ray resolves them in this
-process, so tokens travel actor to actor and never through the driver. Each
-call returns one object per chunk (the driver asks for ``num_returns=len(batch)``),
-so every chunk has its own ObjectRef downstream.
+The driver calls ``process`` once per chunk with the previous stage's output
+ref as an argument: Ray resolves it in this process, so tokens travel actor to
+actor and never through the driver. Each actor is an async actor: calls only
+queue their chunk and wait, while one worker thread owns the model and forms
+batches from whatever is queued:
+
+- fine and codec gather up to ``batch_size`` chunks (waiting at most
+  ``max_wait_ms`` for a partial batch to fill), picking chunks of similar
+  length together;
+- semantic and coarse (``continuous: true``) decode in slots: a finished chunk
+  leaves at once and a queued one is prefilled into its slot between steps.
+
+Every chunk keeps its own sampler and seed, so its tokens never depend on what
+it was batched with.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
+
 import numpy as np
 import ray
 import torch
@@ -18,6 +33,7 @@ import torch
 from pipeline.config import ModelConfig, StageConfig, StageName
 from pipeline.records import (
     AudioOutput,
+    BatchRecord,
     CodecRequest,
     CoarseRequest,
     FineRequest,
@@ -26,12 +42,13 @@ from pipeline.records import (
     VoicePrompt,
 )
 from workers.checkpoints import load_settings_for, load_stage_model
-from workers.coarse import generate_coarse
+from workers.coarse import CoarseEngine, generate_coarse
 from workers.codec import decode_audio
 from workers.fine import generate_fine
-from workers.semantic import generate_semantic
+from workers.semantic import SemanticEngine, generate_semantic
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SPANS_KEPT = 50_000  # forward-pass spans each replica remembers for stats()
 
 
 def stage_device() -> torch.device:
@@ -39,31 +56,54 @@ def stage_device() -> torch.device:
     return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _one_per_chunk(outputs: list):
-    """Ray stores a ``num_returns=1`` result as is, and a longer one item by item."""
-    return outputs[0] if len(outputs) == 1 else outputs
+@dataclass(eq=False)  # identity: queued chunks are told apart by who they are, not by value
+class _Pending:
+    """A queued chunk and the future its ``process`` call awaits."""
+
+    request: object
+    upstream: StageOutput | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def resolve(self, result=None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+
+        self.loop.call_soon_threadsafe(settle)
 
 
 class StageWorker:
-    """Loads one stage's sub-model onto this actor's device."""
+    """Loads one stage's sub-model onto this actor's device and serves it from one thread."""
 
     stage: StageName
     upstream: StageName | None  # whose output each call consumes
 
-    def __init__(self, model: ModelConfig, config: StageConfig) -> None:
+    def __init__(self, model: ModelConfig, config: StageConfig, replica: int = 0) -> None:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
+        self.config = config
+        self.replica = replica
         self.device = stage_device()
         dtype = TORCH_DTYPES[config.dtype] if self.device.type == "cuda" else torch.float32
         self.settings = load_settings_for(model)
-        self.model = load_stage_model(model, self.stage, self.device, dtype, config.attn_implementation)
+        self.model = load_stage_model(model, self.stage, self.device, dtype, "eager")
         self.dtype = dtype
+        self._inbox: queue.Queue[_Pending] = queue.Queue()
+        self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
+        self._server: threading.Thread | None = None
 
     def placement(self) -> dict:
         """Where Ray put this actor: used by tests and logged at start-up."""
         context = ray.get_runtime_context()
         return {
             "stage": self.stage,
+            "replica": self.replica,
             "node_id": context.get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -72,21 +112,86 @@ class StageWorker:
             "pid": os.getpid(),
         }
 
-    def run(self, requests: list, *args):
-        """One batch. ``args``: the upstream stage's output for each request (every stage
-        but semantic), then each request's history: an earlier chunk's output of this
-        same stage to continue from (chained voices), or None to use ``request.voice``.
-        """
-        n = len(requests)
-        upstream = list(args[:n]) if self.upstream else [None] * n
-        histories = args[n:] if self.upstream else args
-        requests = [
-            r if h is None else r.model_copy(update={"voice": self._voice_from(h)}) for r, h in zip(requests, histories)
-        ]
-        start = time.perf_counter()
-        results = self._compute(requests, [u.tokens for u in upstream] if self.upstream else [])
-        share = (time.perf_counter() - start) / n
-        return _one_per_chunk([self._output(r.key, x, u, share) for r, x, u in zip(requests, results, upstream)])
+    async def process(self, request, upstream: StageOutput | None = None, history: StageOutput | None = None):
+        """One chunk: ``upstream`` is the previous stage's output (all stages but semantic);
+        ``history`` an earlier chunk's output of this stage to continue from (chained voices)."""
+        if history is not None:
+            request = request.model_copy(update={"voice": self._voice_from(history)})
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request, upstream, loop.create_future(), loop)
+        if self._server is None:
+            self._server = threading.Thread(target=self._serve, name=f"{self.stage}-server", daemon=True)
+            self._server.start()
+        self._inbox.put(pending)
+        return await pending.future
+
+    def stats(self, since: float = 0.0) -> list[BatchRecord]:
+        return [span for span in list(self._spans) if span.ended > since]
+
+    # -- the serving thread -------------------------------------------------
+
+    def _serve(self) -> None:
+        waiting: deque[_Pending] = deque()
+        while True:
+            self._take(waiting, block=not waiting)
+            batch = self._choose(waiting)
+            started = time.time()
+            clock = time.perf_counter()
+            try:
+                results = self._compute([p.request for p in batch], [p.upstream.tokens for p in batch] if self.upstream else [])
+            except Exception as exc:  # the batch's calls fail; Ray reports it to the driver per chunk
+                for p in batch:
+                    p.resolve(error=exc)
+                continue
+            share = (time.perf_counter() - clock) / len(batch)
+            self._record(started, len(batch), 1, len(waiting))
+            for p, result in zip(batch, results):
+                p.resolve(self._output(p.request.key, result, p.upstream, share))
+
+    def _take(self, waiting: deque[_Pending], *, block: bool) -> None:
+        """Moves queued chunks into ``waiting``; when blocking, waits for one and then up to
+        ``max_wait_ms`` more for a full batch."""
+        if block:
+            waiting.append(self._inbox.get())
+            deadline = time.perf_counter() + self.config.max_wait_ms / 1000
+            while len(waiting) < self.config.batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    waiting.append(self._inbox.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        while True:
+            try:
+                waiting.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def _choose(self, waiting: deque[_Pending]) -> list[_Pending]:
+        """The oldest chunk and the waiting chunks closest to it in length, up to a batch."""
+        oldest = waiting[0]
+        size = self._length(oldest)
+        nearest = sorted(range(len(waiting)), key=lambda i: (abs(self._length(waiting[i]) - size), i))
+        chosen = set(nearest[: self.config.batch_size])
+        batch = [p for i, p in enumerate(waiting) if i in chosen]
+        for p in batch:
+            waiting.remove(p)
+        return batch
+
+    def _length(self, pending: _Pending) -> int:
+        """How much work a chunk is, for grouping: its input length."""
+        return pending.upstream.tokens.shape[-1] if pending.upstream is not None else 0
+
+    def _record(self, started: float, size: int, steps: int, queued: int) -> None:
+        """Adds a forward-pass span, merged into the previous one when it just continues it."""
+        ended = time.time()
+        last = self._spans[-1] if self._spans else None
+        if last is not None and last.size == size and started - last.ended < 1e-3:
+            self._spans[-1] = last.model_copy(update={"ended": ended, "steps": last.steps + steps})
+            return
+        span = BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=ended, size=size, steps=steps, queued=queued)
+        self._spans.append(span)
 
     def _compute(self, requests: list, inputs: list) -> list:
         raise NotImplementedError
@@ -111,26 +216,74 @@ class StageWorker:
         )
 
 
+class ContinuousWorker(StageWorker):
+    """An autoregressive stage that decodes in slots (continuous batching)."""
+
+    def _engine(self):
+        raise NotImplementedError
+
+    def _admit(self, engine, handles: list[_Pending]) -> list:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        if not self.config.continuous:
+            return super()._serve()
+        engine = self._engine()
+        waiting: deque[_Pending] = deque()
+        while True:
+            self._take(waiting, block=not waiting and not engine.active)
+            started = time.time()
+            try:
+                admitted = [waiting.popleft() for _ in range(min(len(engine.free), len(waiting)))]
+                finished = self._admit(engine, admitted) if admitted else []
+                if engine.active:
+                    size = engine.active
+                    finished += engine.step()
+                    self._record(started, size, 1, len(waiting))
+            except Exception as exc:  # every chunk in the slots fails with it; the engine starts clean
+                for p in list(admitted) + [row.handle for row in engine.rows.values()]:
+                    p.resolve(error=exc)
+                engine = self._engine()
+                continue
+            for p, result, seconds in finished:
+                p.resolve(self._output(p.request.key, result, p.upstream, seconds))
+
+
 def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:
     return np.zeros(empty_shape, dtype=np.int64) if tokens is None else tokens
 
 
 @ray.remote
-class SemanticWorker(StageWorker):
+class SemanticWorker(ContinuousWorker):
     stage = "semantic"
     upstream = None
 
     def _compute(self, requests: list[SemanticRequest], _inputs: list) -> list:
         return generate_semantic(self.model, self.settings, requests)
 
+    def _engine(self) -> SemanticEngine:
+        return SemanticEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation)
+
+    def _admit(self, engine: SemanticEngine, handles: list[_Pending]) -> list:
+        return engine.admit(handles, [p.request for p in handles])
+
+    def _length(self, pending: _Pending) -> int:
+        return len(pending.request.text_ids)
+
 
 @ray.remote
-class CoarseWorker(StageWorker):
+class CoarseWorker(ContinuousWorker):
     stage = "coarse"
     upstream = "semantic"
 
     def _compute(self, requests: list[CoarseRequest], semantic: list) -> list:
         return generate_coarse(self.model, self.settings, requests, semantic)
+
+    def _engine(self) -> CoarseEngine:
+        return CoarseEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation)
+
+    def _admit(self, engine: CoarseEngine, handles: list[_Pending]) -> list:
+        return engine.admit(handles, [p.request for p in handles], [p.upstream.tokens for p in handles])
 
 
 @ray.remote
@@ -139,7 +292,11 @@ class FineWorker(StageWorker):
     upstream = "coarse"
 
     def _compute(self, requests: list[FineRequest], coarse: list) -> list:
-        return generate_fine(self.model, self.settings, requests, coarse)
+        return generate_fine(self.model, self.settings, requests, coarse, self.config.attn_implementation)
+
+    def _length(self, pending: _Pending) -> int:
+        """Fine work grows with the number of 1024-frame windows, not with frames."""
+        return pending.upstream.tokens.shape[-1] // self.settings.fine.max_fine_history_length
 
 
 @ray.remote

@@ -15,6 +15,7 @@ for and then leaves the batch.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 from transformers.generation.logits_process import AlternatingCodebooksLogitsProcessor, LogitsProcessor
 
+from pipeline.config import AttentionImpl
 from pipeline.records import CoarseRequest, VoicePrompt
 from workers.decoding import decode_step
+from workers.gpt import SlotCache, decode, prefill
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -139,8 +142,21 @@ def generate_coarse(
     model, settings: BarkSettings, requests: Sequence[CoarseRequest], semantic_tokens: Sequence[np.ndarray]
 ) -> list[np.ndarray]:
     """Coarse codebooks per request, shape (n_coarse_codebooks, frames), ids in [0, codebook_size)."""
-    device = model.input_embeds_layer.weight.device
     cfg = settings.coarse
+    device = model.input_embeds_layer.weight.device
+    chunks = _chunks(requests, semantic_tokens, settings, device)
+    n_windows = max((math.ceil(c.target_len / cfg.sliding_window_len) for c in chunks), default=0)
+    for _ in range(n_windows):
+        by_prompt_len: dict[int, list[_Chunk]] = defaultdict(list)
+        for chunk in chunks:
+            if not chunk.done:
+                by_prompt_len[len(_window_prompt(chunk, settings))].append(chunk)
+        for group in by_prompt_len.values():
+            _run_window(model, settings, group, device)
+    return [unflatten_coarse(c.coarse[c.coarse_history_len :], settings) for c in chunks]
+
+
+def _chunks(requests: Sequence[CoarseRequest], semantic_tokens: Sequence[np.ndarray], settings: BarkSettings, device) -> list[_Chunk]:
     chunks = []
     for request, semantic in zip(requests, semantic_tokens):
         semantic_history, coarse_history = voice_histories(request.voice, settings)
@@ -154,15 +170,7 @@ def generate_coarse(
                 sampler=_coarse_sampler(request, settings, device),
             )
         )
-    n_windows = max((math.ceil(c.target_len / cfg.sliding_window_len) for c in chunks), default=0)
-    for _ in range(n_windows):
-        by_prompt_len: dict[int, list[_Chunk]] = defaultdict(list)
-        for chunk in chunks:
-            if not chunk.done:
-                by_prompt_len[len(_window_prompt(chunk, settings))].append(chunk)
-        for group in by_prompt_len.values():
-            _run_window(model, settings, group, device)
-    return [unflatten_coarse(c.coarse[c.coarse_history_len :], settings) for c in chunks]
+    return chunks
 
 
 def unflatten_coarse(tokens: list[int], settings: BarkSettings) -> np.ndarray:
@@ -177,3 +185,95 @@ def flatten_coarse(codebooks: np.ndarray, settings: BarkSettings) -> np.ndarray:
     n_codebooks = codebooks.shape[0]
     offset = codebooks + settings.semantic.semantic_vocab_size + settings.codebook_size * np.arange(n_codebooks)[:, None]
     return offset.T.reshape(-1)
+
+
+@dataclass
+class _Row:
+    """One chunk in a slot, somewhere inside its current window."""
+
+    handle: object
+    chunk: _Chunk
+    window_steps: int = 0  # tokens this window generates
+    step: int = 0  # tokens generated in this window so far
+    seconds: float = 0.0
+
+
+class CoarseEngine:
+    """Continuous batching over sliding windows: every window is a prefill of its
+    slot followed by decode steps; chunks start, change window and finish at
+    different steps, and a freed slot takes a waiting chunk at once.
+
+    Prefills run grouped by prompt length (no padding); every decode step runs
+    all chunks that are inside a window, each at its own position.
+    """
+
+    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl) -> None:
+        self.model, self.settings, self.attention = model, settings, attention
+        self.device = model.input_embeds_layer.weight.device
+        self.cache = SlotCache(model, slots)
+        self.rows: dict[int, _Row] = {}
+        self.free = list(range(slots))
+        self.to_prefill: list[int] = []
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def admit(self, handles: list, requests: Sequence[CoarseRequest], semantic_tokens: Sequence[np.ndarray]) -> list:
+        """Takes chunks into free slots; their first window is prefilled by the next ``step``."""
+        finished = []
+        for handle, chunk in zip(handles, _chunks(requests, semantic_tokens, self.settings, self.device)):
+            if chunk.done:  # nothing to generate (an empty semantic input)
+                finished.append((handle, unflatten_coarse([], self.settings), 0.0))
+                continue
+            slot = self.free.pop()
+            self.rows[slot] = _Row(handle, chunk)
+            self.to_prefill.append(slot)
+        return finished
+
+    @torch.inference_mode()
+    def step(self) -> list:
+        """Prefills the chunks starting a window, then one decode step for the others."""
+        finished = []
+        decoding = [slot for slot in sorted(self.rows) if slot not in self.to_prefill]
+        starting, self.to_prefill = self.to_prefill, []
+        by_length: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+        for slot in starting:
+            prompt = _window_prompt(self.rows[slot].chunk, self.settings)
+            by_length[len(prompt)].append((slot, prompt))
+        for group in by_length.values():
+            started = time.perf_counter()
+            slots = [slot for slot, _ in group]
+            prompts = torch.tensor([prompt for _, prompt in group], dtype=torch.long, device=self.device)
+            for slot in slots:
+                row = self.rows[slot]
+                row.step = 0
+                row.window_steps = min(self.settings.coarse.sliding_window_len, row.chunk.target_len - row.chunk.generated)
+            index = torch.tensor(slots, device=self.device)
+            logits = prefill(self.model, self.cache, index, self.model.input_embeds_layer(prompts), self.attention)
+            finished += self._sample(slots, logits, time.perf_counter() - started)
+        if decoding:
+            started = time.perf_counter()
+            index = torch.tensor(decoding, device=self.device)
+            tokens = torch.tensor([self.rows[s].chunk.coarse[-1] for s in decoding], dtype=torch.long, device=self.device)
+            width = int(self.cache.lengths[index].max()) + 1
+            logits = decode(self.model, self.cache, index, tokens, self.attention, width)
+            finished += self._sample(decoding, logits, time.perf_counter() - started)
+        return finished
+
+    def _sample(self, slots: list[int], logits: torch.Tensor, seconds: float) -> list:
+        rows = [self.rows[s] for s in slots]
+        tokens = sample_rows([r.chunk.sampler for r in rows], logits, [r.step for r in rows])
+        finished = []
+        for slot, row, token in zip(slots, rows, tokens):
+            row.seconds += seconds / len(slots)
+            row.chunk.coarse.append(token)
+            row.step += 1
+            if row.chunk.done:
+                coarse = unflatten_coarse(row.chunk.coarse[row.chunk.coarse_history_len :], self.settings)
+                finished.append((row.handle, coarse, row.seconds))
+                del self.rows[slot]
+                self.free.append(slot)
+            elif row.step >= row.window_steps:
+                self.to_prefill.append(slot)
+        return finished

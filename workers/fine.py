@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.config import AttentionImpl
 from pipeline.records import FineRequest
+from workers.gpt import run_blocks
 from workers.settings import BarkSettings
 
 
@@ -68,9 +70,21 @@ def _predict(logits: torch.Tensor, chunk: _Chunk, first: int, settings: BarkSett
     return torch.multinomial(probs, num_samples=1, generator=chunk.generator).view(-1)
 
 
+def _logits(model, codebook: int, buffers: torch.Tensor, attention: AttentionImpl) -> torch.Tensor:
+    """The fine model's forward for one codebook: embeddings of the codebooks so far, summed."""
+    embeds = sum(model.input_embeds_layers[i](buffers[:, :, i]) for i in range(codebook + 1))
+    positions = torch.arange(buffers.shape[1], device=buffers.device)
+    hidden = run_blocks(model, model.drop(embeds + model.position_embeds_layer(positions)[None]), attention, causal=False)
+    return model.lm_heads[codebook - model.config.n_codes_given](hidden)
+
+
 @torch.inference_mode()
 def generate_fine(
-    model, settings: BarkSettings, requests: Sequence[FineRequest], coarse_tokens: Sequence[np.ndarray]
+    model,
+    settings: BarkSettings,
+    requests: Sequence[FineRequest],
+    coarse_tokens: Sequence[np.ndarray],
+    attention: AttentionImpl = "eager",
 ) -> list[np.ndarray]:
     """All codebooks per request, shape (n_fine_codebooks, frames), as many frames as its coarse input."""
     device = model.position_embeds_layer.weight.device
@@ -82,7 +96,7 @@ def generate_fine(
         bounds = [_window_bounds(c, window, settings) for c in group]
         buffers = torch.stack([c.codes[s : s + cfg.max_fine_input_length] for c, (s, _) in zip(group, bounds)])
         for codebook in range(n_coarse, cfg.n_fine_codebooks):
-            logits = model(codebook, buffers).logits.float()
+            logits = _logits(model, codebook, buffers, attention).float()
             for row, (chunk, (start, fill_from)) in enumerate(zip(group, bounds)):
                 first = fill_from - start
                 buffers[row, first:, codebook] = _predict(logits[row], chunk, first, settings)

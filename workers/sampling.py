@@ -62,11 +62,15 @@ class RowSampler:
         return int(torch.multinomial(probs, num_samples=1, generator=self.generator))
 
 
-def sample_rows(samplers: Sequence[RowSampler], logits: torch.Tensor, step: int = 0) -> list[int]:
+def sample_rows(samplers: Sequence[RowSampler], logits: torch.Tensor, steps: int | Sequence[int] = 0) -> list[int]:
     """Next token for every row of ``logits`` (rows, vocab), each with its own sampler.
 
-    ``step`` counts the tokens generated so far in the current generate call.
+    ``steps`` counts the tokens generated so far in the current generate call
+    (one count for all rows, or one per row).
     """
     logits = logits.to(dtype=torch.float32)
-    generated = torch.empty((1, step), dtype=torch.long, device=logits.device)
-    return [sampler(row, generated) for sampler, row in zip(samplers, logits)]
+    steps = [steps] * len(samplers) if isinstance(steps, int) else steps
+    return [
+        sampler(row, torch.empty((1, step), dtype=torch.long, device=logits.device))
+        for sampler, row, step in zip(samplers, logits, steps)
+    ]

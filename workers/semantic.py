@@ -8,14 +8,17 @@ are dropped with it, so the rest decode with fewer rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers.generation.logits_process import BarkEosPrioritizerLogitsProcessor, SuppressTokensLogitsProcessor
 
+from pipeline.config import AttentionImpl
 from pipeline.records import SemanticRequest
 from workers.decoding import decode_step
+from workers.gpt import SlotCache, decode, prefill
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -43,10 +46,15 @@ def _samplers(model, settings: BarkSettings, requests: Sequence[SemanticRequest]
     suppressed = list(range(cfg.semantic_vocab_size, cfg.semantic_pad_token))
     suppressed += list(range(cfg.semantic_pad_token + 1, model.config.output_vocab_size))
     suppress = SuppressTokensLogitsProcessor(suppressed, device=device)
+    # Fixed lengths (benchmarks): EOS is suppressed like every other non-semantic id.
+    suppress_eos = SuppressTokensLogitsProcessor([cfg.eos_token_id], device=device)
     samplers = []
     for request in requests:
         s = request.sampling
-        eos_first = BarkEosPrioritizerLogitsProcessor(eos_token_id=cfg.eos_token_id, min_eos_p=s.min_eos_p, device=device)
+        if s.stop_at_eos:
+            eos_rule = BarkEosPrioritizerLogitsProcessor(eos_token_id=cfg.eos_token_id, min_eos_p=s.min_eos_p, device=device)
+        else:
+            eos_rule = suppress_eos
         samplers.append(
             RowSampler(
                 seed=request.seed,
@@ -55,7 +63,7 @@ def _samplers(model, settings: BarkSettings, requests: Sequence[SemanticRequest]
                 top_k=s.top_k,
                 top_p=s.top_p,
                 renormalize=cfg.renormalize_logits,
-                constraints=[suppress, eos_first],
+                constraints=[suppress, eos_rule],
             )
         )
     return samplers
@@ -90,3 +98,76 @@ def generate_semantic(model, settings: BarkSettings, requests: Sequence[Semantic
         n_active, active = len(active), [active[p] for p in keep]
         cache, logits = decode_step(model, cache, keep, n_active, [outputs[row][-1] for row in active])
     return [np.asarray(tokens, dtype=np.int64) for tokens in outputs]
+
+
+class _Row:
+    """One chunk decoding in a slot."""
+
+    def __init__(self, handle, sampler: RowSampler, limit: int) -> None:
+        self.handle = handle
+        self.sampler = sampler
+        self.limit = limit
+        self.tokens: list[int] = []
+        self.seconds = 0.0
+
+
+class SemanticEngine:
+    """Continuous batching: up to ``slots`` chunks decode together; a finished chunk
+    frees its slot at once and a waiting one is prefilled into it between steps."""
+
+    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl, decode_fn=None) -> None:
+        self.model, self.settings, self.attention = model, settings, attention
+        self.device = model.input_embeds_layer.weight.device
+        self.cache = SlotCache(model, slots)
+        self.rows: dict[int, _Row] = {}
+        self.free = list(range(slots))
+        self.decode_fn = decode_fn  # a fixed-shape step over every slot (compiled), or None
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def admit(self, handles: list, requests: Sequence[SemanticRequest]) -> list[tuple[object, np.ndarray, float]]:
+        """Prefills the requests (all semantic prompts share one length) into free slots."""
+        started = time.perf_counter()
+        slots = [self.free.pop() for _ in requests]
+        samplers = _samplers(self.model, self.settings, requests, self.device)
+        prompt_len = self.settings.semantic.max_input_semantic_length + 1
+        room = self.cache.capacity - prompt_len + 1  # the last token is sampled, never fed back
+        for slot, handle, request, sampler in zip(slots, handles, requests, samplers):
+            limit = min(request.sampling.max_new_tokens or self.settings.semantic.max_new_tokens, room)
+            self.rows[slot] = _Row(handle, sampler, limit)
+        embeds = _prompt_embeddings(self.model, self.settings, requests, self.device)
+        logits = prefill(self.model, self.cache, torch.tensor(slots, device=self.device), embeds, self.attention)
+        return self._sample(slots, logits, time.perf_counter() - started)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[object, np.ndarray, float]]:
+        """One decode step for every active chunk; returns the chunks that finished."""
+        started = time.perf_counter()
+        slots = sorted(self.rows)
+        last = [self.rows[s].tokens[-1] for s in slots]
+        if self.decode_fn is None:
+            index = torch.tensor(slots, device=self.device)
+            width = int(self.cache.lengths[index].max()) + 1
+            tokens = torch.tensor(last, dtype=torch.long, device=self.device)
+            logits = decode(self.model, self.cache, index, tokens, self.attention, width)
+        else:
+            logits = self.decode_fn(slots, last)
+        return self._sample(slots, logits, time.perf_counter() - started)
+
+    def _sample(self, slots: list[int], logits: torch.Tensor, seconds: float) -> list[tuple[object, np.ndarray, float]]:
+        eos = self.settings.semantic.eos_token_id
+        finished = []
+        tokens = sample_rows([self.rows[s].sampler for s in slots], logits)
+        for slot, token in zip(slots, tokens):
+            row = self.rows[slot]
+            row.seconds += seconds / len(slots)
+            if token != eos:
+                row.tokens.append(token)
+            if token == eos or len(row.tokens) >= row.limit:
+                finished.append((row.handle, np.asarray(row.tokens, dtype=np.int64), row.seconds))
+                del self.rows[slot]
+                self.free.append(slot)
+        return finished

@@ -1,0 +1,122 @@
+"""Bark's GPT blocks run over a preallocated slot KV cache.
+
+Continuous batching needs what transformers' Bark forward cannot give: every
+row of a batch at its own position, rows joining and leaving between steps, and
+keys/values in one fixed tensor (so a decode step has a fixed shape and can be
+compiled or captured as a CUDA graph). These functions reuse the loaded
+model's own modules (embeddings, layer norms, projections, MLPs, heads) and
+replace only the attention bookkeeping.
+
+``eager`` attention repeats transformers' arithmetic operation for operation
+(matmul, scale, mask fill, softmax, matmul), so a row's logits differ from the
+one-chunk-at-a-time oracle only where a longer, masked key range changes the
+order of a floating-point reduction. ``sdpa`` uses torch's fused kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import AttentionImpl
+
+
+class SlotCache:
+    """Keys and values for ``slots`` sequences of up to the model's ``block_size`` positions."""
+
+    def __init__(self, model, slots: int) -> None:
+        cfg = model.config
+        weight = model.lm_head.weight
+        self.heads = cfg.num_heads
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.capacity = cfg.block_size
+        shape = (len(model.layers), slots, self.heads, self.capacity, self.head_dim)
+        self.keys = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        self.values = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=weight.device)
+
+
+def _split_heads(projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, seq, 3 * hidden) -> three (rows, heads, seq, head_dim)."""
+    rows, seq, width = projected.shape
+    return tuple(t.view(rows, seq, heads, width // 3 // heads).permute(0, 2, 1, 3) for t in projected.split(width // 3, dim=2))
+
+
+def _merge_heads(attended: torch.Tensor) -> torch.Tensor:
+    rows, heads, seq, head_dim = attended.shape
+    return attended.transpose(1, 2).contiguous().view(rows, seq, heads * head_dim)
+
+
+def attend(q, k, v, allowed: torch.Tensor | None, impl: AttentionImpl) -> torch.Tensor:
+    """Attention of ``q`` over ``k``/``v``; ``allowed`` (broadcast to the score shape) marks the keys
+    each query may see, None for all."""
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(weights, v)
+
+
+def _causal(length: int, device) -> torch.Tensor:
+    return torch.ones((length, length), dtype=torch.bool, device=device).tril()
+
+
+def run_blocks(model, hidden: torch.Tensor, impl: AttentionImpl, *, causal: bool, on_kv=None) -> torch.Tensor:
+    """The model's blocks and final norm over whole sequences (no cache read).
+
+    ``on_kv(layer, k, v)`` receives each layer's keys and values, to be stored.
+    """
+    allowed = _causal(hidden.shape[1], hidden.device) if causal else None
+    for index, block in enumerate(model.layers):
+        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
+        if on_kv is not None:
+            on_kv(index, k, v)
+        hidden = hidden + block.attn.out_proj(_merge_heads(attend(q, k, v, allowed, impl)))
+        hidden = hidden + block.mlp(block.layernorm_2(hidden))
+    return model.layernorm_final(hidden)
+
+
+def prefill(model, cache: SlotCache, slots: torch.Tensor, embeds: torch.Tensor, impl: AttentionImpl) -> torch.Tensor:
+    """Runs equal-length prompts (rows, length, hidden: token embeddings without positions)
+    into ``slots``, replacing what those slots held; returns each row's next-token logits."""
+    length = embeds.shape[1]
+    if length > cache.capacity:
+        raise ValueError(f"prompt of {length} positions exceeds the model's block size {cache.capacity}")
+    positions = torch.arange(length, device=embeds.device)
+    hidden = model.drop(embeds + model.position_embeds_layer(positions)[None])
+
+    def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        cache.keys[layer, slots, :, :length] = k
+        cache.values[layer, slots, :, :length] = v
+
+    hidden = run_blocks(model, hidden, impl, causal=True, on_kv=store)
+    cache.lengths[slots] = length
+    return model.lm_head(hidden)[:, -1, :]
+
+
+def decode(model, cache: SlotCache, slots: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int | None = None) -> torch.Tensor:
+    """One token per slot, each at its own position; returns the next logits per row.
+
+    Keys beyond ``width`` are not read (every given slot must be shorter than it);
+    None reads the whole capacity, which keeps shapes fixed for compiled steps.
+    """
+    width = cache.capacity if width is None else width
+    positions = cache.lengths[slots]
+    hidden = model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None]
+    hidden = model.drop(hidden)
+    key_index = torch.arange(width, device=tokens.device)
+    allowed = (key_index[None, :] <= positions[:, None])[:, None, None, :]  # rows, 1, 1, keys
+    for index, block in enumerate(model.layers):
+        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
+        cache.keys[index, slots, :, positions] = k[:, :, 0]
+        cache.values[index, slots, :, positions] = v[:, :, 0]
+        keys = cache.keys[index, slots, :, :width]
+        values = cache.values[index, slots, :, :width]
+        hidden = hidden + block.attn.out_proj(_merge_heads(attend(q, keys, values, allowed, impl)))
+        hidden = hidden + block.mlp(block.layernorm_2(hidden))
+    cache.lengths[slots] = positions + 1
+    return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
