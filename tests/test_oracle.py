@@ -23,10 +23,10 @@ from pipeline.config import CoarseSampling, FineSampling, ModelConfig, SemanticS
 from pipeline.records import CoarseRequest, FineRequest, SemanticRequest
 from pipeline.voices import load_voice
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
-from workers.coarse import flatten_coarse, generate_coarse, unflatten_coarse
+from workers.coarse import CoarseEngine, flatten_coarse, generate_coarse, unflatten_coarse
 from workers.codec import decode_audio
 from workers.fine import generate_fine
-from workers.semantic import generate_semantic
+from workers.semantic import SemanticEngine, generate_semantic
 
 TEXTS = [
     "Hello.",
@@ -251,3 +251,78 @@ def test_top_k_and_top_p_sampling_match_oracle(tiny, voices):
         np.testing.assert_array_equal(tokens, _oracle_semantic(tiny, request.text_ids, request.voice, request.seed, sampling))
         expected = _oracle_coarse(tiny, tokens, request.voice, coarse_request.seed, coarse_request.sampling)
         np.testing.assert_array_equal(flatten_coarse(coarse_tokens, settings), expected)
+
+
+def _run_engine(engine, admit, n_chunks: int, arrivals: list[int]) -> dict[int, np.ndarray]:
+    """Drives a continuous engine the way its actor does, with chunks arriving over time:
+    ``arrivals[i]`` is how many chunks arrive before step ``i`` (the rest arrive at once after)."""
+    waiting, arrived, results, step = [], 0, {}, 0
+    while arrived < n_chunks or waiting or engine.active:
+        due = arrivals[step] if step < len(arrivals) else n_chunks - arrived
+        waiting += range(arrived, min(n_chunks, arrived + due))
+        arrived = min(n_chunks, arrived + due)
+        take = [waiting.pop(0) for _ in range(min(len(engine.free), len(waiting)))]
+        results.update({h: r for h, r, _ in admit(take)} if take else {})
+        if engine.active:
+            results.update({h: r for h, r, _ in engine.step()})
+        step += 1
+    return results
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("slots", [1, 2, 4])
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_continuous_semantic_matches_oracle(tiny, voices, slots, mode, attention):
+    """Chunks join and leave the slots at different steps; each still gets the oracle's tokens."""
+    temperature = GREEDY if mode == "greedy" else SAMPLED["semantic"]
+    sampling = SemanticSampling(temperature=temperature, min_eos_p=0.2, max_new_tokens=SEMANTIC_STEPS)
+    texts = TEXTS + ["Short.", "A fifth chunk arrives late and joins a running batch."]
+    requests = [
+        SemanticRequest(
+            key=str(i),
+            text_ids=tiny["tokenizer"].encode(text, add_special_tokens=False),
+            voice=voices[i % len(voices)],
+            seed=600 + i,
+            sampling=sampling,
+        )
+        for i, text in enumerate(texts)
+    ]
+    engine = SemanticEngine(tiny["ours"]["semantic"], tiny["settings"], slots, attention)
+    ours = _run_engine(engine, lambda take: engine.admit(take, [requests[i] for i in take]), len(requests), [1, 0, 0, 2, 0, 1])
+    assert sorted(ours) == list(range(len(requests))) and sorted(engine.free) == list(range(slots))
+    for i, request in enumerate(requests):
+        expected = _oracle_semantic(tiny, request.text_ids, request.voice, request.seed, sampling)
+        np.testing.assert_array_equal(ours[i], expected, err_msg=f"chunk {i}")
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("slots", [1, 3])
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_continuous_coarse_matches_oracle(tiny, voices, slots, mode, attention):
+    """Chunks at different windows share decode steps; prompts of one length prefill together."""
+    temperature = GREEDY if mode == "greedy" else SAMPLED["coarse"]
+    rng = np.random.default_rng(13)
+    vocab = tiny["settings"].semantic.semantic_vocab_size
+    semantic = [rng.integers(0, vocab, n) for n in (5, 64, 23, 41, 1)]
+    requests = [
+        CoarseRequest(key=str(i), voice=voices[i % len(voices)], seed=700 + i, sampling=CoarseSampling(temperature=temperature))
+        for i in range(len(semantic))
+    ]
+    engine = CoarseEngine(tiny["ours"]["coarse"], tiny["settings"], slots, attention)
+    admit = lambda take: engine.admit(take, [requests[i] for i in take], [semantic[i] for i in take])  # noqa: E731
+    ours = _run_engine(engine, admit, len(requests), [1, 0, 1, 0, 0, 0, 2])
+    assert sorted(ours) == list(range(len(requests))) and sorted(engine.free) == list(range(slots))
+    for i, request in enumerate(requests):
+        expected = _oracle_coarse(tiny, semantic[i], request.voice, request.seed, request.sampling)
+        np.testing.assert_array_equal(flatten_coarse(ours[i], tiny["settings"]), expected, err_msg=f"chunk {i}")
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_fine_with_sdpa_matches_oracle(tiny, voices, mode):
+    temperature = GREEDY if mode == "greedy" else SAMPLED["fine"]
+    rng = np.random.default_rng(17)
+    coarse = [rng.integers(0, tiny["settings"].codebook_size, (2, n)) for n in (40, 1300)]
+    requests = [FineRequest(key=str(i), voice=voices[i], seed=800 + i, sampling=FineSampling(temperature=temperature)) for i in range(2)]
+    ours = generate_fine(tiny["ours"]["fine"], tiny["settings"], requests, coarse, attention="sdpa")
+    for request, tokens, c in zip(requests, ours, coarse):
+        np.testing.assert_array_equal(tokens, _oracle_fine(tiny, c, request.voice, request.seed, temperature))
