@@ -326,3 +326,35 @@ def test_fine_with_sdpa_matches_oracle(tiny, voices, mode):
     ours = generate_fine(tiny["ours"]["fine"], tiny["settings"], requests, coarse, attention="sdpa")
     for request, tokens, c in zip(requests, ours, coarse):
         np.testing.assert_array_equal(tokens, _oracle_fine(tiny, c, request.voice, request.seed, temperature))
+
+
+def test_compiled_decode_step_matches_oracle(tiny, voices):
+    """decode_compile: torch_compile runs one fixed-shape step over every slot (idle ones
+    included) and still gives each chunk the oracle's tokens."""
+    settings = tiny["settings"]
+    sampling = SemanticSampling(temperature=0.7, min_eos_p=0.2, max_new_tokens=32)
+    requests = [
+        SemanticRequest(key=str(i), text_ids=tiny["tokenizer"].encode(t, add_special_tokens=False), voice=v, seed=900 + i, sampling=sampling)
+        for i, (t, v) in enumerate(zip(TEXTS, voices))
+    ]
+    semantic_engine = SemanticEngine(tiny["ours"]["semantic"], settings, 2, "sdpa", decode_compile="torch_compile")
+    semantic = _run_engine(
+        semantic_engine, lambda take: semantic_engine.admit(take, [requests[i] for i in take]), len(requests), [1, 0, 0, 1]
+    )
+    coarse_requests = [CoarseRequest(key=r.key, voice=r.voice, seed=950 + i, sampling=CoarseSampling()) for i, r in enumerate(requests)]
+    coarse_engine = CoarseEngine(tiny["ours"]["coarse"], settings, 2, "sdpa", decode_compile="torch_compile")
+    coarse = _run_engine(
+        coarse_engine,
+        lambda take: coarse_engine.admit(take, [coarse_requests[i] for i in take], [semantic[i] for i in take]),
+        len(requests),
+        [1, 0, 0, 1],
+    )
+    for i, (request, coarse_request) in enumerate(zip(requests, coarse_requests)):
+        np.testing.assert_array_equal(semantic[i], _oracle_semantic(tiny, request.text_ids, request.voice, request.seed, sampling))
+        expected = _oracle_coarse(tiny, semantic[i], request.voice, coarse_request.seed, coarse_request.sampling)
+        np.testing.assert_array_equal(flatten_coarse(coarse[i], settings), expected)
+
+
+def test_cuda_graphs_without_a_gpu_is_refused(tiny):
+    with pytest.raises(ValueError, match="cuda_graphs needs a GPU"):
+        SemanticEngine(tiny["ours"]["semantic"], tiny["settings"], 2, "sdpa", decode_compile="cuda_graphs")

@@ -219,6 +219,11 @@ class StageWorker:
 class ContinuousWorker(StageWorker):
     """An autoregressive stage that decodes in slots (continuous batching)."""
 
+    def __init__(self, model: ModelConfig, config: StageConfig, replica: int = 0) -> None:
+        super().__init__(model, config, replica)
+        # Built here, so a setting that cannot work (cuda_graphs without a GPU) fails at start-up.
+        self._first_engine = self._engine() if config.continuous else None
+
     def _engine(self):
         raise NotImplementedError
 
@@ -228,7 +233,7 @@ class ContinuousWorker(StageWorker):
     def _serve(self) -> None:
         if not self.config.continuous:
             return super()._serve()
-        engine = self._engine()
+        engine, self._first_engine = self._first_engine, None
         waiting: deque[_Pending] = deque()
         while True:
             self._take(waiting, block=not waiting and not engine.active)
@@ -262,7 +267,7 @@ class SemanticWorker(ContinuousWorker):
         return generate_semantic(self.model, self.settings, requests)
 
     def _engine(self) -> SemanticEngine:
-        return SemanticEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation)
+        return SemanticEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation, self.config.decode_compile)
 
     def _admit(self, engine: SemanticEngine, handles: list[_Pending]) -> list:
         return engine.admit(handles, [p.request for p in handles])
@@ -280,7 +285,7 @@ class CoarseWorker(ContinuousWorker):
         return generate_coarse(self.model, self.settings, requests, semantic)
 
     def _engine(self) -> CoarseEngine:
-        return CoarseEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation)
+        return CoarseEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation, self.config.decode_compile)
 
     def _admit(self, engine: CoarseEngine, handles: list[_Pending]) -> list:
         return engine.admit(handles, [p.request for p in handles], [p.upstream.tokens for p in handles])

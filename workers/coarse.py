@@ -27,7 +27,7 @@ from transformers.generation.logits_process import AlternatingCodebooksLogitsPro
 from pipeline.config import AttentionImpl
 from pipeline.records import CoarseRequest, VoicePrompt
 from workers.decoding import decode_step
-from workers.gpt import SlotCache, decode, prefill
+from workers.gpt import SlotCache, compiled_decode, decode_active, prefill
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -207,10 +207,11 @@ class CoarseEngine:
     all chunks that are inside a window, each at its own position.
     """
 
-    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl) -> None:
+    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl, decode_compile: str = "off") -> None:
         self.model, self.settings, self.attention = model, settings, attention
         self.device = model.input_embeds_layer.weight.device
         self.cache = SlotCache(model, slots)
+        self.decode_fn = None if decode_compile == "off" else compiled_decode(model, self.cache, attention, decode_compile)
         self.rows: dict[int, _Row] = {}
         self.free = list(range(slots))
         self.to_prefill: list[int] = []
@@ -254,10 +255,8 @@ class CoarseEngine:
             finished += self._sample(slots, logits, time.perf_counter() - started)
         if decoding:
             started = time.perf_counter()
-            index = torch.tensor(decoding, device=self.device)
-            tokens = torch.tensor([self.rows[s].chunk.coarse[-1] for s in decoding], dtype=torch.long, device=self.device)
-            width = int(self.cache.lengths[index].max()) + 1
-            logits = decode(self.model, self.cache, index, tokens, self.attention, width)
+            last = [self.rows[s].chunk.coarse[-1] for s in decoding]
+            logits = decode_active(self.model, self.cache, decoding, last, self.attention, self.decode_fn)
             finished += self._sample(decoding, logits, time.perf_counter() - started)
         return finished
 

@@ -120,3 +120,55 @@ def decode(model, cache: SlotCache, slots: torch.Tensor, tokens: torch.Tensor, i
         hidden = hidden + block.mlp(block.layernorm_2(hidden))
     cache.lengths[slots] = positions + 1
     return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
+
+
+def decode_active(model, cache: SlotCache, slots: list[int], last_tokens: list[int], impl: AttentionImpl, compiled=None) -> torch.Tensor:
+    """One decode step of the given slots: through the compiled fixed-shape step when there
+    is one, else reading keys only as far as the longest of them."""
+    if compiled is not None:
+        return compiled(slots, last_tokens)
+    index = torch.tensor(slots, device=cache.lengths.device)
+    tokens = torch.tensor(last_tokens, dtype=torch.long, device=cache.lengths.device)
+    return decode(model, cache, index, tokens, impl, width=int(cache.lengths[index].max()) + 1)
+
+
+def decode_all(model, cache: SlotCache, tokens: torch.Tensor, active: torch.Tensor, impl: AttentionImpl) -> torch.Tensor:
+    """``decode`` over every slot and the whole capacity: one fixed shape, for compiled steps.
+
+    Idle slots (``active`` false) compute a throwaway row and keep their length.
+    """
+    slots = torch.arange(len(tokens), device=tokens.device)
+    positions = cache.lengths.clamp(max=cache.capacity - 1)
+    hidden = model.drop(model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None])
+    allowed = (torch.arange(cache.capacity, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+    for index, block in enumerate(model.layers):
+        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
+        cache.keys[index, slots, :, positions] = k[:, :, 0]
+        cache.values[index, slots, :, positions] = v[:, :, 0]
+        attended = attend(q, cache.keys[index], cache.values[index], allowed, impl)
+        hidden = hidden + block.attn.out_proj(_merge_heads(attended))
+        hidden = hidden + block.mlp(block.layernorm_2(hidden))
+    cache.lengths.copy_(torch.where(active, positions + 1, cache.lengths))
+    return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
+
+
+def compiled_decode(model, cache: SlotCache, impl: AttentionImpl, how: str):
+    """A step function ``(slots, last_tokens) -> logits`` of the active rows, built on a
+    compiled ``decode_all``: ``torch_compile`` (inductor), or ``cuda_graphs`` (inductor
+    with its CUDA-graph mode, replaying the captured step; GPU only)."""
+    if how == "cuda_graphs" and cache.keys.device.type != "cuda":
+        raise ValueError("decode_compile: cuda_graphs needs a GPU; use torch_compile or off")
+    mode = "reduce-overhead" if how == "cuda_graphs" else None
+    step = torch.compile(decode_all, mode=mode, dynamic=False)
+    n_slots = cache.lengths.shape[0]
+    device = cache.lengths.device
+
+    def run(slots: list[int], last_tokens: list[int]) -> torch.Tensor:
+        tokens = torch.zeros(n_slots, dtype=torch.long, device=device)
+        active = torch.zeros(n_slots, dtype=torch.bool, device=device)
+        index = torch.tensor(slots, device=device)
+        tokens[index] = torch.tensor(last_tokens, dtype=torch.long, device=device)
+        active[index] = True
+        return step(model, cache, tokens, active, impl)[index]
+
+    return run

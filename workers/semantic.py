@@ -18,7 +18,7 @@ from transformers.generation.logits_process import BarkEosPrioritizerLogitsProce
 from pipeline.config import AttentionImpl
 from pipeline.records import SemanticRequest
 from workers.decoding import decode_step
-from workers.gpt import SlotCache, decode, prefill
+from workers.gpt import SlotCache, compiled_decode, decode_active, prefill
 from workers.sampling import RowSampler, sample_rows
 from workers.settings import BarkSettings
 
@@ -115,13 +115,13 @@ class SemanticEngine:
     """Continuous batching: up to ``slots`` chunks decode together; a finished chunk
     frees its slot at once and a waiting one is prefilled into it between steps."""
 
-    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl, decode_fn=None) -> None:
+    def __init__(self, model, settings: BarkSettings, slots: int, attention: AttentionImpl, decode_compile: str = "off") -> None:
         self.model, self.settings, self.attention = model, settings, attention
         self.device = model.input_embeds_layer.weight.device
         self.cache = SlotCache(model, slots)
         self.rows: dict[int, _Row] = {}
         self.free = list(range(slots))
-        self.decode_fn = decode_fn  # a fixed-shape step over every slot (compiled), or None
+        self.decode_fn = None if decode_compile == "off" else compiled_decode(model, self.cache, attention, decode_compile)
 
     @property
     def active(self) -> int:
@@ -148,13 +148,7 @@ class SemanticEngine:
         started = time.perf_counter()
         slots = sorted(self.rows)
         last = [self.rows[s].tokens[-1] for s in slots]
-        if self.decode_fn is None:
-            index = torch.tensor(slots, device=self.device)
-            width = int(self.cache.lengths[index].max()) + 1
-            tokens = torch.tensor(last, dtype=torch.long, device=self.device)
-            logits = decode(self.model, self.cache, index, tokens, self.attention, width)
-        else:
-            logits = self.decode_fn(slots, last)
+        logits = decode_active(self.model, self.cache, slots, last, self.attention, self.decode_fn)
         return self._sample(slots, logits, time.perf_counter() - started)
 
     def _sample(self, slots: list[int], logits: torch.Tensor, seconds: float) -> list[tuple[object, np.ndarray, float]]:
