@@ -43,7 +43,7 @@ def child(items: int, workdir: Path) -> dict:
     raw["scheduler"] = {"max_chunks_in_flight": 128}
     (workdir / "job.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(workdir / "job.yaml")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
     summary = NarrationJob(config, str(workdir / "out"), quiet=True).run(iter_dataset_items(str(source)))
     return {

@@ -28,9 +28,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Four logical GPUs on CPU: placement and CUDA_VISIBLE_DEVICES are exercised without CUDA."""
+    """Four logical GPUs on CPU: placement and CUDA_VISIBLE_DEVICES are exercised without CUDA.
+
+    ``address="local"``: a Ray of its own even where a `ray start` cluster runs on this machine.
+    """
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
