@@ -45,6 +45,7 @@ from workers.checkpoints import load_settings_for, load_stage_model
 from workers.coarse import CoarseEngine, generate_coarse
 from workers.codec import decode_audio
 from workers.fine import generate_fine
+from workers.metrics import StageMetrics
 from workers.semantic import SemanticEngine, generate_semantic
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,6 +98,9 @@ class StageWorker:
         self._inbox: queue.Queue[_Pending] = queue.Queue()
         self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
         self._server: threading.Thread | None = None
+        self.metrics = StageMetrics(self.stage, replica)
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self.metrics.restarted()
 
     def placement(self) -> dict:
         """Where Ray put this actor: used by tests and logged at start-up."""
@@ -122,6 +126,7 @@ class StageWorker:
         if self._server is None:
             self._server = threading.Thread(target=self._serve, name=f"{self.stage}-server", daemon=True)
             self._server.start()
+        self.metrics.chunk_received()
         self._inbox.put(pending)
         return await pending.future
 
@@ -140,13 +145,11 @@ class StageWorker:
             try:
                 results = self._compute([p.request for p in batch], [p.upstream.tokens for p in batch] if self.upstream else [])
             except Exception as exc:  # the batch's calls fail; Ray reports it to the driver per chunk
-                for p in batch:
-                    p.resolve(error=exc)
+                self._fail(batch, exc)
                 continue
-            share = (time.perf_counter() - clock) / len(batch)
-            self._record(started, len(batch), 1, len(waiting))
-            for p, result in zip(batch, results):
-                p.resolve(self._output(p.request.key, result, p.upstream, share))
+            seconds = time.perf_counter() - clock
+            self._record(started, seconds, len(batch), len(waiting))
+            self._finish([(p, result, seconds / len(batch)) for p, result in zip(batch, results)])
 
     def _take(self, waiting: deque[_Pending], *, block: bool) -> None:
         """Moves queued chunks into ``waiting``; when blocking, waits for one and then up to
@@ -183,15 +186,34 @@ class StageWorker:
         """How much work a chunk is, for grouping: its input length."""
         return pending.upstream.tokens.shape[-1] if pending.upstream is not None else 0
 
-    def _record(self, started: float, size: int, steps: int, queued: int) -> None:
-        """Adds a forward-pass span, merged into the previous one when it just continues it."""
+    def _record(self, started: float, seconds: float, size: int, queued: int) -> None:
+        """One forward pass (a batch, or a decode step): metrics, and a stats span, merged into
+        the previous span when it just continues it with the same chunks."""
+        self.metrics.batch(size, seconds)
+        self.metrics.queue_depth(queued)
         ended = time.time()
         last = self._spans[-1] if self._spans else None
         if last is not None and last.size == size and started - last.ended < 1e-3:
-            self._spans[-1] = last.model_copy(update={"ended": ended, "steps": last.steps + steps})
+            self._spans[-1] = last.model_copy(update={"ended": ended, "steps": last.steps + 1})
             return
-        span = BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=ended, size=size, steps=steps, queued=queued)
-        self._spans.append(span)
+        self._spans.append(BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=ended, size=size, queued=queued))
+
+    def _finish(self, finished: list[tuple[_Pending, object, float]]) -> None:
+        """Hands finished chunks back: ``(pending, result, compute seconds of this chunk)``."""
+        if not finished:
+            return
+        now = time.perf_counter()
+        self.metrics.chunks_done(len(finished), [now - p.arrived for p, _, _ in finished])
+        for p, result, seconds in finished:
+            output = self._output(p.request.key, result, p.upstream, seconds)
+            if isinstance(output, AudioOutput):
+                self.metrics.audio_seconds(len(output.audio) / output.sample_rate)
+            p.resolve(output)
+
+    def _fail(self, pendings: list[_Pending], error: Exception) -> None:
+        self.metrics.failure(len(pendings))
+        for p in pendings:
+            p.resolve(error=error)
 
     def _compute(self, requests: list, inputs: list) -> list:
         raise NotImplementedError
@@ -238,20 +260,20 @@ class ContinuousWorker(StageWorker):
         while True:
             self._take(waiting, block=not waiting and not engine.active)
             started = time.time()
+            clock = time.perf_counter()
+            admitted = [waiting.popleft() for _ in range(min(len(engine.free), len(waiting)))]
             try:
-                admitted = [waiting.popleft() for _ in range(min(len(engine.free), len(waiting)))]
                 finished = self._admit(engine, admitted) if admitted else []
                 if engine.active:
                     size = engine.active
                     finished += engine.step()
-                    self._record(started, size, 1, len(waiting))
+                    self._record(started, time.perf_counter() - clock, size, len(waiting))
             except Exception as exc:  # every chunk in the slots fails with it; the engine starts clean
-                for p in list(admitted) + [row.handle for row in engine.rows.values()]:
-                    p.resolve(error=exc)
+                in_slots = [row.handle for row in engine.rows.values()]
+                self._fail(admitted + [p for p in in_slots if p not in admitted], exc)
                 engine = self._engine()
                 continue
-            for p, result, seconds in finished:
-                p.resolve(self._output(p.request.key, result, p.upstream, seconds))
+            self._finish(finished)
 
 
 def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:
