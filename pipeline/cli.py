@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input",
         required=True,
-        help=".txt/.md/.epub file or a folder of them; or a .jsonl/.csv/.parquet dataset (local or s3://)",
+        help=".txt/.md/.epub file or a folder of them; a .jsonl/.csv/.parquet dataset (local or s3://); "
+        "hf:NAME[:CONFIG][@SPLIT] or a datasets save_to_disk folder (the hf extra)",
     )
     run.add_argument("--output", required=True, help="output directory, or s3://bucket/prefix")
     run.add_argument("--voice", help="default voice: preset name (v2/en_speaker_6) or .npz path")

@@ -1,15 +1,35 @@
-"""Dataset sources: rows of JSONL, CSV/TSV and Parquet files as items, local or on S3.
+"""Dataset sources: rows of JSONL, CSV/TSV and Parquet files as items, local or on S3,
+and Hugging Face ``datasets`` (a hub name, or a folder written by ``save_to_disk``).
 
 A dataset may hold a million rows, so it is read as a stream: JSONL and CSV
-line by line, Parquet one record batch at a time. Nothing here holds more than
-one line or one batch. A row that cannot be narrated (no id, no text, a broken
-JSON line, bytes that are not UTF-8, ...) becomes an ``ItemError`` naming the
-row and the field, and the rows after it still come through; a problem with the
-whole file (no such file, a configured column missing from the header) raises,
-because no row of it could succeed.
+line by line, Parquet and Hugging Face datasets one record batch at a time.
+Nothing here holds more than one line or one batch. A row that cannot be
+narrated (no id, no text, a broken JSON line, bytes that are not UTF-8, ...)
+becomes an ``ItemError`` naming the row and the field, and the rows after it
+still come through; a problem with the whole file (no such file, a configured
+column missing from the header) raises, because no row of it could succeed.
 
 Which columns hold what is configured by ``ColumnsConfig``; every other column
 (or the listed ones) is carried as is into the item's ``extra`` metadata.
+
+Hugging Face datasets (the optional ``datasets`` package, ``pip install
+'bark-pipeline[hf]'``, imported only when such an input is used):
+
+- ``hf:NAME[:CONFIG][@SPLIT]`` names a dataset for ``datasets.load_dataset``,
+  loaded with ``streaming=True``: rows arrive as they are downloaded, nothing is
+  downloaded whole. ``NAME`` is a hub id (``user/name``) or a local folder of
+  data files; ``CONFIG`` is the dataset's configuration (its ``name``);
+  ``SPLIT`` defaults to the dataset's only split, else ``train``. Examples:
+  ``hf:user/stories``, ``hf:user/stories@test``, ``hf:wikitext:wikitext-2-raw-v1@validation``.
+- A folder written by ``Dataset.save_to_disk`` (it holds ``dataset_info.json``
+  and ``state.json``) or ``DatasetDict.save_to_disk`` (``dataset_dict.json``;
+  pick a split with ``FOLDER@SPLIT``, same default) is opened with
+  ``datasets.load_from_disk``: memory-mapped Arrow files, read a batch at a time.
+  ``hf:FOLDER[@SPLIT]`` means the same.
+
+Their rows go through the same column mapping and the same per-row checks as
+the files above; a row that fails is named ``row N`` when its own id cannot
+be read.
 """
 
 from __future__ import annotations
@@ -21,10 +41,12 @@ import gzip
 import io
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import BinaryIO
@@ -53,21 +75,70 @@ MAX_CSV_FIELD_CHARS = 16 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
 S3_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
 
+HF_PREFIX = "hf:"
+HF_DEFAULT_SPLIT = "train"
+HF_SAVED_FILES = ("dataset_info.json", "state.json")  # what Dataset.save_to_disk writes beside its .arrow files
+HF_DICT_FILE = "dataset_dict.json"  # DatasetDict.save_to_disk: this, and one saved Dataset folder per split
+HF_BATCH_ROWS = PARQUET_BATCH_ROWS
+HF_INSTALL = "pip install 'bark-pipeline[hf]'"
+HF_MESSAGE_CHARS = 400  # the datasets library's messages can list hundreds of configs
+_HF_SPEC = re.compile(r"hf:(?P<name>[^:@]+)(?::(?P<config>[^:@]+))?(?:@(?P<split>[^:@]+))?")
+
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
 
 
+class MissingDependencyError(ValueError):
+    """An input needs an optional package that is not installed (one line, with the install command)."""
+
+
+@dataclass(frozen=True)
+class HFSpec:
+    """A Hugging Face dataset input: ``hf:NAME[:CONFIG][@SPLIT]``, or a ``save_to_disk`` folder.
+
+    ``split`` None: the only split, else ``train``. ``on_disk``: ``name`` is a
+    folder written by ``save_to_disk``, opened with ``load_from_disk``.
+    """
+
+    name: str
+    config: str | None = None
+    split: str | None = None
+    on_disk: bool = False
+
+
+def parse_hf_spec(uri: str) -> HFSpec:
+    """The parts of ``hf:NAME[:CONFIG][@SPLIT]``; a ValueError naming the syntax for anything else."""
+    match = _HF_SPEC.fullmatch(uri)
+    parts = match.groupdict() if match else {}
+    if not match or any(p is not None and (not p.strip() or p != p.strip()) for p in parts.values()):
+        raise ValueError(
+            f"source {uri}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:user/stories or hf:user/stories:en@test"
+        )
+    return HFSpec(parts["name"], parts["config"], parts["split"])
+
+
 def is_dataset(uri: str | os.PathLike) -> bool:
-    """Whether ``uri`` names a dataset file this module reads (by its suffix)."""
-    return _format(os.fspath(uri)) is not None
+    """Whether ``uri`` names a dataset this module reads: a file by its suffix, an ``hf:``
+    name, or a folder (``FOLDER@SPLIT``) written by the datasets library's ``save_to_disk``."""
+    uri = os.fspath(uri)
+    return _format(uri) is not None or uri.startswith(HF_PREFIX) or _saved_dataset(uri) is not None
 
 
 def count_rows(uri: str | os.PathLike) -> int | None:
     """Rows of a local, uncompressed dataset, cheaply (for the progress bar's ETA); None if unknown.
 
-    Parquet keeps the count in its footer; JSONL and CSV are counted by lines in one
-    streaming pass (blank JSONL lines and a CSV's quoted line breaks make it an estimate).
+    Parquet keeps the count in its footer, a ``save_to_disk`` folder in its Arrow
+    files; JSONL and CSV are counted by lines in one streaming pass (blank JSONL
+    lines and a CSV's quoted line breaks make it an estimate). A streamed ``hf:``
+    name is not counted, but a bad spec or a missing ``datasets`` package raises
+    here already, before the job starts.
     """
     path = os.fspath(uri)
+    hf = _hf_source(path)
+    if hf is not None:
+        if not hf.on_disk:
+            _import_datasets(path)
+            return None
+        return len(_open_hf(hf, path))
     kind = _format(path)
     if kind is None or "://" in path or path.lower().endswith(GZIP_SUFFIX) or not os.path.isfile(path):
         return None
@@ -91,16 +162,23 @@ def iter_dataset_items(
     optionally ``.gz``, or ``.parquet``). ``endpoint_url`` points boto3 at an
     S3-compatible server; ``None`` uses boto3's own environment and config.
     Rows that fail are ``ItemError``s with id ``line N`` (JSONL, the file's
-    line) or ``row N`` (CSV/Parquet, the N-th data row) when the row's own id
-    cannot be read.
+    line) or ``row N`` (CSV/Parquet/Hugging Face, the N-th data row) when the
+    row's own id cannot be read. ``uri`` may also be a Hugging Face dataset:
+    ``hf:NAME[:CONFIG][@SPLIT]`` or a ``save_to_disk`` folder (see the module
+    docstring).
     """
     uri = os.fspath(uri)
     columns = columns or ColumnsConfig()
+    hf = _hf_source(uri)
+    if hf is not None:
+        yield from _hf_items(hf, uri, columns)
+        return
     kind = _format(uri)
     if kind is None:
         raise ValueError(
             f"source {uri}: not a dataset; expected one of {', '.join(FORMATS)} "
-            f"({', '.join(s for s, k in FORMATS.items() if k in COMPRESSIBLE)} optionally {GZIP_SUFFIX})"
+            f"({', '.join(s for s, k in FORMATS.items() if k in COMPRESSIBLE)} optionally {GZIP_SUFFIX}), "
+            f"{HF_PREFIX}NAME[:CONFIG][@SPLIT], or a folder saved by datasets' save_to_disk"
         )
     if kind == "parquet":
         with _random_access_path(uri, endpoint_url) as path:
@@ -239,12 +317,16 @@ def _parquet_items(path: str, uri: str, columns: ColumnsConfig) -> Iterator[Item
     with file:
         names = file.schema_arrow.names
         _check_columns(names, uri, columns)
-        wanted = None if columns.extra == "*" else [c for c in names if c in {*columns.named, *columns.extra}]
         n = 0
-        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=_wanted_columns(names, columns)):
             for row in batch.to_pylist():
                 n += 1
                 yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns)
+
+
+def _wanted_columns(names: list[str], columns: ColumnsConfig) -> list[str] | None:
+    """The columns a row needs, in file order; None: all of them (``extra: "*"``)."""
+    return None if columns.extra == "*" else [c for c in names if c in {*columns.named, *columns.extra}]
 
 
 def _plain(value):
@@ -363,6 +445,124 @@ def _make_item(**values) -> Item:
     """An ``Item`` from the fields a row gives, leaving out those this checkout's ``Item`` lacks yet."""
     known = _item_fields(Item)
     return Item(**{name: value for name, value in values.items() if name in known})
+
+
+# --- Hugging Face datasets --------------------------------------------------------
+
+
+def _hf_source(uri: str) -> HFSpec | None:
+    """The Hugging Face dataset that ``uri`` names, or None when it names none."""
+    if uri.startswith(HF_PREFIX):
+        spec = parse_hf_spec(uri)
+        if _saved_kind(Path(spec.name)) is None:
+            return spec
+        if spec.config is not None:
+            raise ValueError(f"source {uri}: a folder saved by save_to_disk has no configs; use {HF_PREFIX}FOLDER[@SPLIT]")
+        return HFSpec(spec.name, None, spec.split, on_disk=True)
+    saved = _saved_dataset(uri)
+    return None if saved is None else HFSpec(str(saved[0]), None, saved[1], on_disk=True)
+
+
+def _saved_dataset(uri: str) -> tuple[Path, str | None] | None:
+    """(folder, split) when ``uri`` is a ``save_to_disk`` folder, or a DatasetDict folder and ``@SPLIT``."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
+    if _saved_kind(path) is not None:
+        return path, None
+    folder, at, split = str(path).rpartition("@")
+    if at and split and os.sep not in split and _saved_kind(Path(folder)) == "dict":
+        return Path(folder), split
+    return None
+
+
+def _saved_kind(path: Path) -> str | None:
+    """What ``save_to_disk`` wrote at ``path``: ``"dict"`` (a DatasetDict), ``"dataset"`` (a Dataset), or None."""
+    try:
+        if not path.is_dir():
+            return None
+        if (path / HF_DICT_FILE).is_file():
+            return "dict"
+        return "dataset" if all((path / name).is_file() for name in HF_SAVED_FILES) else None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None
+
+
+def _import_datasets(uri: str):
+    try:
+        import datasets
+    except ImportError:
+        raise MissingDependencyError(
+            f"source {uri}: reading Hugging Face datasets needs the optional 'datasets' package: {HF_INSTALL}"
+        ) from None
+    return datasets
+
+
+def _open_hf(spec: HFSpec, uri: str):
+    """The ``Dataset`` (memory-mapped, from disk) or streaming ``IterableDataset`` of one split."""
+    hf = _import_datasets(uri)
+    try:
+        if spec.on_disk:
+            loaded = hf.load_from_disk(spec.name)
+        else:
+            loaded = hf.load_dataset(spec.name, spec.config, split=spec.split, streaming=True)
+    except Exception as exc:  # the library's own errors, ConnectionError, FileNotFoundError, ...
+        raise _hf_error(uri, exc) from None
+    if not isinstance(loaded, Mapping):  # one split already
+        if spec.split is not None and spec.on_disk:
+            raise ValueError(f"source {uri}: this saved Dataset has no splits; leave out @{spec.split}")
+        return loaded
+    splits = list(loaded)
+    split = spec.split
+    if split is None:
+        if len(splits) == 1:
+            split = splits[0]
+        elif HF_DEFAULT_SPLIT in splits:
+            split = HF_DEFAULT_SPLIT
+        else:
+            raise ValueError(f"source {uri}: pick a split with @SPLIT; it has {', '.join(map(repr, splits))}")
+    if split not in loaded:
+        raise ValueError(f"source {uri}: no split {split!r}; it has {', '.join(map(repr, splits))}")
+    return loaded[split]
+
+
+def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+    """Rows one Arrow batch at a time, as stored (no feature decoding), only the columns used."""
+    dataset = _open_hf(spec, uri)
+    names = dataset.column_names  # None for a stream whose features are known only once read
+    if names is not None:
+        _check_columns(names, uri, columns)
+        wanted = _wanted_columns(names, columns)
+        if wanted is not None:
+            dataset = dataset.select_columns(wanted)
+    batches = iter(dataset.with_format("arrow").iter(batch_size=HF_BATCH_ROWS))
+    n = 0
+    while True:
+        try:
+            table = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # a download or a data file failing mid-stream
+            raise _hf_error(uri, exc) from None
+        if names is None:
+            names = table.column_names
+            _check_columns(names, uri, columns)
+        for row in table.to_pylist():
+            n += 1
+            yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns)
+
+
+def _hf_error(uri: str, exc: Exception) -> Exception:
+    """The datasets library's failure as one line of the kind the other readers raise."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if len(message) > HF_MESSAGE_CHARS:
+        message = message[: HF_MESSAGE_CHARS - 3] + "..."
+    text = f"source {uri}: {message}"
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(text)
+    if isinstance(exc, OSError):  # ConnectionError: the hub cannot be reached (or HF_HUB_OFFLINE)
+        return OSError(text)
+    return ValueError(text)
 
 
 # --- opening local files and S3 objects -------------------------------------------

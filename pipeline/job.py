@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
 from pipeline.config import ItemParams, JobConfig, SamplingSet, VoiceMode
-from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, read_manifest
+from pipeline.idset import DiskIdSet
+from pipeline.metrics import JobMetrics
+from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, index_manifest
 from pipeline.object_store import LocalStore, ObjectNotFound, open_storage
 from pipeline.progress import JobSummary, Progress
 from pipeline.records import AudioOutput, VoicePrompt
@@ -98,12 +100,15 @@ class NarrationJob:
     ) -> None:
         self.config = config
         self.storage = open_storage(output, config.s3)
+        # What earlier runs finished (resume skips it) and the ids this run has seen (a
+        # repeated id fails): both on disk, so the driver's memory does not grow with
+        # the input. A job runs once; ``run`` closes them at its end.
         if isinstance(self.storage, LocalStore):
-            self.done = Manifest.read(self.storage.root)  # what earlier runs finished: resume skips it
+            self.done = Manifest.index(self.storage.root)
             self.manifest = Manifest(self.storage.root)
         else:
             self.storage.check_reachable()
-            self.done = read_manifest(self.storage)
+            self.done = index_manifest(self.storage)
             self.manifest = ManifestParts(self.storage, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
         self.retry_failed = retry_failed
         self.progress = Progress(quiet=quiet, total_items=total_items)
@@ -113,9 +118,15 @@ class NarrationJob:
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(
             lambda text: tuple(self.tokenizer.encode(text, add_special_tokens=False))
         )
-        self.seen_ids: set[str] = set()
+        self.seen_ids = DiskIdSet()
+        self.metrics = JobMetrics()
         self.stop_requested = False
         self.pipeline: StagePipeline | None = None
+
+    def close(self) -> None:
+        """Removes the job's on-disk id bookkeeping (``run`` does this at its end); idempotent."""
+        self.seen_ids.close()
+        self.done.close()
 
     def request_stop(self) -> None:
         """Stop admitting work and return soon; finished items stay recorded (SIGINT/SIGTERM)."""
@@ -161,13 +172,18 @@ class NarrationJob:
                     if exhausted and not ready:
                         break
                     continue
+                self.metrics.chunks_in_flight(len(in_flight))
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=STOP_POLL_S)
                 for ref in done:
                     state, index = in_flight.pop(ref)
                     self._receive(state, index, ref, states)
+            self.metrics.chunks_in_flight(len(in_flight))
         finally:
-            pipeline.shutdown()
-            self.manifest.close()
+            try:
+                pipeline.shutdown()
+                self.manifest.close()
+            finally:
+                self.close()
         summary = self.progress.close(time.perf_counter() - started)
         summary.stopped = self.stop_requested
         return summary
@@ -196,12 +212,12 @@ class NarrationJob:
         """Plans an item's chunks; a bad item is recorded as failed at once."""
         if self._already_done(item.id):
             self.progress.item_skipped()
+            self.metrics.item_done("skipped")
             return None
         if isinstance(item, ItemError):
             return self._fail(item.id, f"{item.field}: {item.message}")
-        if item.id in self.seen_ids:
+        if not self.seen_ids.add(item.id):
             return self._fail(item.id, "id: duplicate item id in the input")
-        self.seen_ids.add(item.id)
         try:
             params = ItemParams.model_validate(item.params or {})
             sampling = _merged_sampling(self.config.sampling, params)
@@ -327,10 +343,12 @@ class NarrationJob:
         self.storage.put_bytes(files["metadata"], (metadata.model_dump_json(indent=2) + "\n").encode("utf-8"))
         self._record_ok(state.item.id, self.storage.uri_for(files["audio"]), duration, checksum, len(encoded))
         self.progress.item_done(state.item.id, duration, len(outputs))
+        self.metrics.item_done("ok", duration, time.perf_counter() - state.started)
 
     def _fail(self, item_id: str, reason: str) -> None:
         self.manifest.append(ManifestEntry(id=item_id, status="failed", uri=None, duration_s=None, error=reason))
         self.progress.item_failed(item_id, reason)
+        self.metrics.item_done("failed")
         return None
 
     def _record_ok(self, item_id: str, uri: str, duration: float, checksum: str | None, size: int | None) -> None:

@@ -4,16 +4,26 @@ Lines are only ever appended and each is on disk (fsync) before the next item
 counts as done, so a job killed at any moment loses at most the line being
 written. Such a torn last line is ignored on reading and cut off before the
 next append, and a rerun simply redoes that one item.
+
+A manifest has one line per item, millions for a large dataset. Resume looks
+entries up one id at a time, so they are streamed into a :class:`ManifestIndex`
+(an on-disk map, :mod:`pipeline.idset`) rather than held in a dict: reading a
+manifest of any size takes a bounded amount of the driver's memory.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.idset import DiskIdMap
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -55,13 +65,34 @@ class Manifest:
 
     @staticmethod
     def read(directory: str | Path) -> dict[str, ManifestEntry]:
-        """Latest entry per id (a retried item's last line wins); {} when there is no manifest."""
+        """Latest entry per id (a retried item's last line wins); {} when there is no manifest.
+
+        Holds every entry in memory: for a job's resume use :meth:`index`.
+        """
+        return {entry.id: entry for entry in Manifest.iter_entries(directory)}
+
+    @staticmethod
+    def index(directory: str | Path) -> ManifestIndex:
+        """Latest entry per id, streamed into an on-disk :class:`ManifestIndex`."""
+        index = ManifestIndex()
+        try:
+            index.update(Manifest.iter_entries(directory))
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    @staticmethod
+    def iter_entries(directory: str | Path) -> Iterator[ManifestEntry]:
+        """Every entry in file order, one line at a time; nothing when there is no manifest.
+
+        A line that is not an entry raises, unless it is the torn last line of a crash.
+        """
         path = Path(directory) / MANIFEST_NAME
-        entries: dict[str, ManifestEntry] = {}
         try:
             file = open(path, encoding="utf-8", errors="replace", newline="\n")
         except FileNotFoundError:
-            return entries
+            return
         with file:
             for number, line in enumerate(file, start=1):
                 if not line.strip():
@@ -70,8 +101,53 @@ class Manifest:
                 if entry is None and line.endswith("\n"):
                     raise ValueError(f"{path}:{number}: not a manifest entry")
                 if entry is not None:  # None here: the torn last line of a crash
-                    entries[entry.id] = entry
-        return entries
+                    yield entry
+
+
+class ManifestIndex:
+    """The latest entry per id of a manifest, held on disk: ``get``, ``in``, ``len``, ``entries``.
+
+    Adding an id again replaces its entry (the last line wins) but keeps its
+    place, so :meth:`entries` gives one entry per id in first-seen order, which
+    is how a merged manifest is written. Close it (or use it as a context
+    manager) to remove its file.
+    """
+
+    def __init__(self) -> None:
+        self._entries = DiskIdMap()
+
+    def add(self, entry: ManifestEntry) -> None:
+        self._entries[entry.id] = entry.model_dump_json()
+
+    def update(self, entries: Iterable[ManifestEntry]) -> None:
+        for entry in entries:
+            self.add(entry)
+
+    def get(self, item_id: str) -> ManifestEntry | None:
+        raw = self._entries.get(item_id)
+        return None if raw is None else ManifestEntry.model_validate_json(raw)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __bool__(self) -> bool:
+        return len(self._entries) > 0
+
+    def entries(self) -> Iterator[ManifestEntry]:
+        for _, raw in self._entries.items():
+            yield ManifestEntry.model_validate_json(raw)
+
+    def close(self) -> None:
+        self._entries.close()
+
+    def __enter__(self) -> ManifestIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _parse(line: str) -> ManifestEntry | None:
@@ -155,21 +231,61 @@ class ManifestParts:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
+        """Writes the last part, then merges every part into ``manifest.jsonl``.
+
+        The merge streams through an on-disk index and a temporary file, so a
+        manifest of millions of lines is never held in memory.
+        """
         self.flush()
-        merged = read_manifest(self.storage)
-        lines = "".join(entry.model_dump_json() + "\n" for entry in merged.values())
-        self.storage.put_bytes(MANIFEST_NAME, lines.encode("utf-8"))
+        with index_manifest(self.storage) as merged, tempfile.TemporaryDirectory(prefix="bark-manifest-") as folder:
+            path = os.path.join(folder, MANIFEST_NAME)
+            with open(path, "w", encoding="utf-8", newline="\n") as file:
+                for entry in merged.entries():
+                    file.write(entry.model_dump_json() + "\n")
+            self.storage.put_file(MANIFEST_NAME, path)
         for key in self._written:
             self.storage.delete(key)
 
 
 def read_manifest(storage) -> dict[str, ManifestEntry]:
-    """Latest entry per id from ``manifest.jsonl`` and every part object, in that order."""
-    entries: dict[str, ManifestEntry] = {}
+    """Latest entry per id from ``manifest.jsonl`` and every part object, in that order.
+
+    Holds every entry in memory: for a job's resume use :func:`index_manifest`.
+    """
+    return {entry.id: entry for entry in iter_manifest_entries(storage)}
+
+
+def index_manifest(storage) -> ManifestIndex:
+    """:func:`read_manifest` streamed into an on-disk :class:`ManifestIndex`."""
+    index = ManifestIndex()
+    try:
+        index.update(iter_manifest_entries(storage))
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def iter_manifest_entries(storage) -> Iterator[ManifestEntry]:
+    """Entries of ``manifest.jsonl``, then of every part object, line by line; unreadable lines are skipped
+    (a part object is written whole, and a torn merged manifest is rewritten from the parts)."""
     sources = [MANIFEST_NAME] if storage.exists(MANIFEST_NAME) else []
     for key in sources + list(storage.list_keys(PARTS_PREFIX)):
-        for line in storage.get_bytes(key).decode("utf-8", errors="replace").splitlines():
+        for raw in _object_lines(storage, key):
+            line = raw.decode("utf-8", errors="replace")
             entry = _parse(line) if line.strip() else None
             if entry is not None:
-                entries[entry.id] = entry
-    return entries
+                yield entry
+
+
+def _object_lines(storage, key: str) -> Iterator[bytes]:
+    """The lines of one stored object.
+
+    A storage that can stream an object line by line (``iter_lines(key)``)
+    does; otherwise the object's bytes are read whole and split lazily.
+    """
+    iter_lines = getattr(storage, "iter_lines", None)
+    if iter_lines is not None:
+        yield from iter_lines(key)
+    else:
+        yield from io.BytesIO(storage.get_bytes(key))

@@ -253,6 +253,20 @@ class S3Storage:
                 raise
             return response["Body"].read()
 
+    def iter_lines(self, key: str) -> Iterator[bytes]:
+        """The object's lines (ends kept), streamed: a manifest of millions of lines is never held whole."""
+        with self._errors("download", key):
+            try:
+                body = self._client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"]
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in NOT_FOUND_CODES:
+                    raise ObjectNotFound(f"no object {self.uri_for(key)}") from None
+                raise
+            try:
+                yield from body.iter_lines(chunk_size=1 << 20, keepends=True)
+            finally:
+                body.close()
+
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 

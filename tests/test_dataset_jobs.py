@@ -235,3 +235,27 @@ def test_killed_at_random_points_then_rerun_until_done_counts_every_item_once(ti
     for row in rows:  # every final name holds a whole object (a kill can only leave hidden temp files)
         assert sf.read(out / f"{row['id']}.wav")[1] == 24_000
         assert json.loads((out / f"{row['id']}.json").read_text())["id"] == row["id"]
+
+
+def test_a_saved_hugging_face_dataset_with_a_repeated_id_then_a_resume(ray_session, tiny_model_dir, tmp_path, capsys):
+    """A ``save_to_disk`` folder as --input; the repeated id fails in one line; the rerun skips everything."""
+    hf = pytest.importorskip("datasets")
+    folder = tmp_path / "hf-rows"
+    rows = {"id": ["h1", "h2", "h1"], "text": [GOOD[0]["text"], GOOD[1]["text"], "Again."], "speaker": ["ann", "bob", "cy"]}
+    hf.Dataset.from_dict(rows).save_to_disk(str(folder))
+    config = _job_config(tmp_path, tiny_model_dir)
+    out = tmp_path / "out"
+    command = ["run", "--config", config, "--input", str(folder), "--output", str(out), "--quiet"]
+
+    assert main(command) == 1
+    assert "FAILED  h1: id: duplicate item id in the input" in capsys.readouterr().err
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted((e["id"], e["status"], e["error"]) for e in lines) == [
+        ("h1", "failed", "id: duplicate item id in the input"),
+        ("h1", "ok", None),
+        ("h2", "ok", None),
+    ]
+    assert json.loads((out / "h1.json").read_text())["extra"] == {"speaker": "ann"}  # the first h1 was narrated
+
+    assert main(command) == 0
+    assert "0 ok, 0 failed, 3 skipped" in capsys.readouterr().out

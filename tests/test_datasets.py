@@ -7,6 +7,9 @@ import dataclasses
 import datetime
 import gzip
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from itertools import islice
 
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 import pipeline.datasets as datasets
 from pipeline.datasets import ColumnsConfig, is_dataset, iter_dataset_items
 from pipeline.sources import Item, ItemError
+from tests.conftest import REPO
 
 LAZY_ROWS = 200_000
 # Taking a few items must cost far less than the file: here some KiB against a ~16 MB file.
@@ -356,3 +360,164 @@ def test_count_rows_gives_the_progress_bar_its_total(tmp_path):
     assert count_rows(jsonl) == 25 and count_rows(csv_file) == 7
     assert count_rows("s3://bucket/rows.jsonl") is None and count_rows(tmp_path / "missing.jsonl") is None
     assert sum(1 for _ in iter_dataset_items(jsonl)) == count_rows(jsonl)
+
+
+# --- Hugging Face datasets --------------------------------------------------------
+
+
+@pytest.fixture
+def hf():
+    """The optional ``datasets`` package (in the ``hf`` and ``test`` extras)."""
+    return pytest.importorskip("datasets")
+
+
+STORY_ROWS = {
+    "id": ["s1", "s2", "s3", None, "s5", "s6", "s7"],
+    "text": ["Once upon a time.", None, "   ", "No id here.", "A voice.", "Bad params.", "The end."],
+    "voice": [None, None, None, None, "v2/en_speaker_6", "", ""],
+    "params": [None, None, None, None, '{"seed": 3}', "{oops", ""],
+    "speaker": ["ann", "bob", "cy", "di", "ed", "fay", "gus"],
+    "n": [1, 2, 3, 4, 5, 6, 7],
+}
+STORY_OUTCOME = [
+    ("item", "s1", "Once upon a time."),
+    ("error", "s2", "text"),
+    ("error", "s3", "text"),
+    ("error", "row 4", "id"),
+    ("item", "s5", "A voice."),
+    ("error", "s6", "params"),
+    ("item", "s7", "The end."),
+]
+
+
+def test_a_save_to_disk_folder_reads_as_items_and_bad_rows_fail_alone(hf, tmp_path):
+    folder = tmp_path / "stories"
+    hf.Dataset.from_dict(STORY_ROWS).save_to_disk(str(folder))
+    assert is_dataset(folder) and is_dataset(str(folder)) and is_dataset(folder.as_uri())
+    results = list(iter_dataset_items(folder, ColumnsConfig()))
+    assert outcome(results) == STORY_OUTCOME
+    first, voiced, last = (r for r in results if isinstance(r, Item))
+    assert (first.voice, first.params, first.extra) == (None, {}, {"speaker": "ann", "n": 1})
+    assert (voiced.voice, voiced.params, voiced.extra) == ("v2/en_speaker_6", {"seed": 3}, {"speaker": "ed", "n": 5})
+    assert last.voice is None and last.params == {}
+    assert "\n" not in results[3].message and results[3].message == "no 'id'"
+    assert datasets.count_rows(folder) == 7 == len(results)
+    assert outcome(iter_dataset_items(f"hf:{folder}", ColumnsConfig())) == STORY_OUTCOME
+
+
+def test_a_saved_folder_with_custom_columns_reads_only_the_chosen_extras(hf, tmp_path):
+    folder = tmp_path / "custom"
+    rows = {"key": [7, 8], "body": ["Seven.", "Eight."], "lang": ["en", "de"], "big": ["x" * 10, "y" * 10]}
+    hf.Dataset.from_dict(rows).save_to_disk(str(folder))
+    columns = ColumnsConfig(id="key", text="body", voice=None, params=None, extra=["lang"])
+    results = list(iter_dataset_items(folder, columns))
+    assert [(r.id, r.text, r.extra) for r in results] == [("7", "Seven.", {"lang": "en"}), ("8", "Eight.", {"lang": "de"})]
+    with pytest.raises(ValueError, match="no column 'speaker'"):
+        next(iter_dataset_items(folder, ColumnsConfig(id="key", text="body", extra=["speaker"])))
+
+
+def test_a_dataset_dict_folder_picks_train_or_the_named_split(hf, tmp_path):
+    folder = tmp_path / "splits"
+    train = hf.Dataset.from_dict({"id": ["t1", "t2"], "text": ["Train one.", "Train two."]})
+    test = hf.Dataset.from_dict({"id": ["x1"], "text": ["Test one."]})
+    hf.DatasetDict({"train": train, "test": test}).save_to_disk(str(folder))
+    assert [i.id for i in iter_dataset_items(folder)] == ["t1", "t2"]
+    assert [i.id for i in iter_dataset_items(f"{folder}@test")] == ["x1"]
+    assert [i.id for i in iter_dataset_items(f"hf:{folder}@test")] == ["x1"]
+    assert is_dataset(f"{folder}@test") and not is_dataset(f"{tmp_path}@test")
+    assert datasets.count_rows(f"{folder}@test") == 1 and datasets.count_rows(folder) == 2
+    with pytest.raises(ValueError, match="no split 'dev'; it has 'train', 'test'"):
+        next(iter_dataset_items(f"{folder}@dev"))
+
+    no_train = tmp_path / "no-train"
+    hf.DatasetDict({"a": test, "b": test}).save_to_disk(str(no_train))
+    with pytest.raises(ValueError, match="pick a split with @SPLIT; it has 'a', 'b'"):
+        next(iter_dataset_items(no_train))
+
+
+def test_a_saved_folder_is_read_a_batch_at_a_time(hf, tmp_path, monkeypatch):
+    rows = 100_000
+    folder = tmp_path / "big"
+    hf.Dataset.from_dict({"id": list(range(rows)), "text": [f"Sentence number {n} of a long dataset." for n in range(rows)]}).save_to_disk(
+        str(folder)
+    )
+    monkeypatch.setattr(datasets, "HF_BATCH_ROWS", 100)
+    tracemalloc.start()
+    try:
+        items = iter_dataset_items(folder, ColumnsConfig())
+        first = list(islice(items, 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [i.id for i in first] == [str(n) for n in range(10)]
+    assert peak < LAZY_PEAK_BYTES  # the Arrow file is memory-mapped; only one batch of rows becomes Python objects
+    assert sum(1 for _ in items) == rows - 10
+    items.close()
+
+
+def test_an_hf_name_streams_through_load_dataset(hf, tmp_path):
+    """``hf:NAME`` goes to ``load_dataset(..., streaming=True)``; a local folder of data files stands in for the hub."""
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    write_jsonl(folder / "part-0.jsonl", [{"id": f"r{n}", "text": f"Row {n}.", "tag": n % 2} for n in range(5)])
+    results = list(iter_dataset_items(f"hf:{folder}", ColumnsConfig()))
+    assert [(r.id, r.text, r.extra) for r in results] == [(f"r{n}", f"Row {n}.", {"tag": n % 2}) for n in range(5)]
+    assert datasets.count_rows(f"hf:{folder}") is None  # a stream is not counted ahead
+    assert [r.id for r in iter_dataset_items(f"hf:{folder}@train")] == [f"r{n}" for n in range(5)]
+    with pytest.raises(ValueError, match="Bad split: dev"):
+        next(iter_dataset_items(f"hf:{folder}@dev"))
+
+
+@pytest.mark.parametrize(
+    "uri, spec",
+    [
+        ("hf:user/stories", ("user/stories", None, None)),
+        ("hf:user/stories@test", ("user/stories", None, "test")),
+        ("hf:wikitext:wikitext-2-raw-v1@validation", ("wikitext", "wikitext-2-raw-v1", "validation")),
+        ("hf:user/name.v2:en", ("user/name.v2", "en", None)),
+    ],
+)
+def test_hf_specs_parse(uri, spec):
+    parsed = datasets.parse_hf_spec(uri)
+    assert (parsed.name, parsed.config, parsed.split, parsed.on_disk) == (*spec, False)
+    assert is_dataset(uri)
+
+
+@pytest.mark.parametrize("uri", ["hf:", "hf:user/x@", "hf:a:b:c", "hf:a@b@c", "hf: user/x", "hf:user/x:", "hf:x@train[:10]"])
+def test_bad_hf_specs_fail_with_the_syntax(uri):
+    with pytest.raises(ValueError, match=r"expected hf:NAME\[:CONFIG\]\[@SPLIT\]"):
+        next(iter_dataset_items(uri))
+    with pytest.raises(ValueError, match="expected hf:NAME"):
+        datasets.count_rows(uri)
+
+
+def test_without_the_datasets_package_an_hf_input_fails_in_one_line(tmp_path, monkeypatch):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for name in datasets.HF_SAVED_FILES:
+        (saved / name).write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # what `import datasets` meets when it is not installed
+    for uri in ("hf:user/stories", str(saved)):
+        for attempt in (lambda: next(iter_dataset_items(uri)), lambda: datasets.count_rows(uri)):
+            with pytest.raises(datasets.MissingDependencyError, match=r"pip install 'bark-pipeline\[hf\]'") as info:
+                attempt()
+            assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_an_unreachable_hub_name_fails_fast_in_one_line_offline(hf):
+    """No hub here: with HF_HUB_OFFLINE=1 the library answers at once (read at import, hence a fresh process)."""
+    code = (
+        "import time\n"
+        "from pipeline.datasets import iter_dataset_items\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    next(iter_dataset_items('hf:nobody-here/no-such-dataset@train'))\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__, '|', exc, '|', round(time.monotonic() - start, 1))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    kind, message, seconds = done.stdout.strip().split(" | ")
+    assert kind in {"OSError", "FileNotFoundError"}, done.stderr
+    assert message.startswith("source hf:nobody-here/no-such-dataset@train: ") and "\n" not in message
+    assert float(seconds) < 10
