@@ -96,7 +96,12 @@ class StageConfig(Strict):
     )
     torch_threads: int | None = Field(default=None, ge=1)
     max_restarts: int = Field(default=3, ge=-1)
-    max_task_retries: int = Field(default=3, ge=-1)
+    max_task_retries: int = Field(
+        default=-1,
+        ge=-1,
+        description="retries of a chunk whose actor died (-1: until the actor is back, bounded by max_restarts); "
+        "until Ray notices a crashed node every call fails at once, so a small number runs out",
+    )
 
     @model_validator(mode="after")
     def _gpu_share(self) -> StageConfig:

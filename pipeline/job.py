@@ -146,9 +146,13 @@ class NarrationJob:
 
     def run(self, items: Iterator[Item | ItemError]) -> JobSummary:
         started = time.perf_counter()
-        self.pipeline = pipeline = StagePipeline(self.config)
-        for placement in pipeline.placements():
-            log.info("stage %(stage)s on node %(node_id)s, GPUs %(gpu_ids)s, %(device)s %(dtype)s", placement)
+        try:
+            self.pipeline = pipeline = StagePipeline(self.config)
+            for placement in pipeline.placements():
+                log.info("stage %(stage)s on node %(node_id)s, GPUs %(gpu_ids)s, %(device)s %(dtype)s", placement)
+        except BaseException:
+            self.close()
+            raise
         states: dict[str, _ItemState] = {}
         ready: list[tuple[_ItemState, int]] = []  # chunks whose history, if any, is submitted
         in_flight: dict[ray.ObjectRef, tuple[_ItemState, int]] = {}
