@@ -240,9 +240,9 @@ ITEMS = [
 def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tiny_model_dir, tmp_path, monkeypatch):
     # Calls in flight on a node that crashed fail fast until Ray has noticed the death
     # (about 15 s), and each failure spends one of the call's retries: a few retries
-    # run out long before the actor is restarted elsewhere. max_task_retries: -1 keeps
-    # retrying until the actor is back (or out of max_restarts).
-    retries = {"batch_size": 2, "max_task_retries": -1}
+    # run out long before the actor is restarted elsewhere. The default
+    # max_task_retries (-1) keeps retrying until the actor is back (or out of max_restarts).
+    retries = {"batch_size": 2}
     config = _config(
         tiny_model_dir,
         "SPREAD",

@@ -8,6 +8,13 @@ constants, so every offset and shape in the pipeline is the real one.
 
 The weights are random but scaled so that greedy decoding yields varied tokens
 and the semantic stage stops on EOS after a text-dependent number of steps.
+
+``size`` also writes random weights at the real shapes of ``suno/bark-small``
+and ``suno/bark`` (widths, depths, heads, block sizes, no biases, EnCodec 24 kHz
+as released), for benchmarks: the compute per step is the real one, the tokens
+are noise. Those keep transformers' own initialisation (std 0.02) and are not
+calibrated to stop on EOS (random semantic heads almost never choose it; the
+benchmarks turn EOS off anyway).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import tempfile
 import unicodedata
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -102,6 +110,33 @@ children friend friends name place room door word words something nothing everyt
 always often again once upon began begin end young small large high every without
 """.split()
 
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The shape of one random-weight checkpoint; vocabularies and constants are always Bark's."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    bias: bool
+    block_size: int = BLOCK_SIZE
+    codec: dict = field(default_factory=dict)  # EncodecConfig overrides; empty: EnCodec 24 kHz as released
+    calibrated: bool = False  # tiny: scaled weights and a calibrated semantic EOS row
+
+
+# suno/bark-small and suno/bark: their config.json (and Suno's model_args) say
+# 768/12/12 and 1024/24/16 for all three GPTs, block_size 1024, bias false.
+MODEL_SIZES = {
+    "tiny": ModelSize(TINY_HIDDEN, TINY_LAYERS, TINY_HEADS, bias=True, codec=TINY_CODEC, calibrated=True),
+    "bark-small": ModelSize(hidden_size=768, num_layers=12, num_heads=12, bias=False),
+    "bark": ModelSize(hidden_size=1024, num_layers=24, num_heads=16, bias=False),
+}
+
+# Bias-free real shapes have no layer-norm bias to pin a constant channel with
+# (see _forbid_coarse_non_codebook_ids); the residual stream carries it instead:
+# every input embedding holds this value in the constant channel, and no layer writes to it.
+PINNED_RESIDUAL = 100.0
+
 SUNO_CODEC_FILE = "encodec_24khz.th"
 """suno format: pass ``ModelConfig(codec_checkpoint=<dir>/encodec_24khz.th)`` to use it."""
 
@@ -110,16 +145,21 @@ class TinyModelExists(FileExistsError):
     """The target directory holds something that is not a tiny model."""
 
 
-def make_tiny_model(directory: Path, *, seed: int = 0, fmt: str = "hf", overwrite: bool = False) -> Path:
+def make_tiny_model(
+    directory: Path, *, seed: int = 0, fmt: str = "hf", overwrite: bool = False, size: str = "tiny"
+) -> Path:
     """Write a random-weight Bark checkpoint (``fmt`` "hf" or "suno") into ``directory``.
 
-    Deterministic given ``seed``. Files are staged next to ``directory`` and moved
+    ``size``: "tiny", or the real shapes "bark-small" (~1.6 GB in float32) and
+    "bark" (~4.5 GB). Deterministic given ``seed`` and ``size``. Files are staged next to ``directory`` and moved
     in one by one with the marker last, so a reader never sees a half-made model
     marked as complete. A non-empty directory that is not a tiny model is left
     alone unless ``overwrite``.
     """
     if fmt not in ("hf", "suno"):
         raise ValueError(f"fmt must be 'hf' or 'suno', not {fmt!r}")
+    if size not in MODEL_SIZES:
+        raise ValueError(f"size must be one of {', '.join(MODEL_SIZES)}, not {size!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(directory)
@@ -128,15 +168,19 @@ def make_tiny_model(directory: Path, *, seed: int = 0, fmt: str = "hf", overwrit
 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        with _one_thread():
-            bark = build_tiny_bark(seed)
+        if MODEL_SIZES[size].calibrated:
+            with _one_thread():
+                bark = build_tiny_bark(seed)
+        else:
+            bark = build_random_bark(seed, size)
         if fmt == "hf":
             written = _write_hf(bark, staging)
         else:
             written = _write_suno(bark, staging, seed)
         written += _write_tokenizer(staging)
         (staging / MARKER_FILE).write_text(
-            json.dumps({"seed": seed, "format": fmt, "files": sorted(written)}, indent=2), encoding="utf-8"
+            json.dumps({"seed": seed, "format": fmt, "size": size, "files": sorted(written)}, indent=2),
+            encoding="utf-8",
         )
         for stale in set(previous or ()) - set(written):
             (directory / stale).unlink(missing_ok=True)
@@ -169,16 +213,24 @@ def _previous_files(directory: Path) -> list[str] | None:
         return []
 
 
-def tiny_bark_config() -> BarkConfig:
-    """Tiny widths and depths, real vocabularies and codec rates."""
+def tiny_bark_config(size: str = "tiny") -> BarkConfig:
+    """The widths and depths of ``size``, real vocabularies and codec rates."""
     settings = BarkSettings()
-    shape = {"hidden_size": TINY_HIDDEN, "num_layers": TINY_LAYERS, "num_heads": TINY_HEADS, "block_size": BLOCK_SIZE}
+    spec = MODEL_SIZES[size]
+    shape = {
+        "hidden_size": spec.hidden_size,
+        "num_layers": spec.num_layers,
+        "num_heads": spec.num_heads,
+        "block_size": spec.block_size,
+    }
+    if not spec.bias:  # the tiny model keeps BarkConfig's default (biases on)
+        shape["bias"] = False
     codec = EncodecConfig(
         sampling_rate=settings.sample_rate,
         codebook_size=settings.codebook_size,
         upsampling_ratios=CODEC_UPSAMPLING_RATIOS,
         target_bandwidths=CODEC_TARGET_BANDWIDTHS,
-        **TINY_CODEC,
+        **spec.codec,
     )
     return BarkConfig(
         semantic_config={**shape, **SEMANTIC_VOCAB},
@@ -214,21 +266,56 @@ def build_tiny_bark(seed: int = 0) -> BarkModel:
     return bark
 
 
+def build_random_bark(seed: int, size: str) -> BarkModel:
+    """A BarkModel at a real shape with transformers' own random init; the codec's codebooks
+    random too, and the coarse head kept off its pad/infer ids. No EOS calibration."""
+    settings = BarkSettings()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        bark = BarkModel(tiny_bark_config(size)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buffer in bark.codec_model.named_buffers():
+            if name.endswith("codebook.embed"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * CODEBOOK_STD)
+    _forbid_coarse_non_codebook_ids(bark.coarse_acoustics, settings)
+    return bark
+
+
+@torch.no_grad()
+def _pin_residual_channel(gpt) -> None:
+    """Hold the residual stream's CONSTANT_CHANNEL at PINNED_RESIDUAL in every position,
+    so that the final layer norm (without a bias) still gives it a large, steady value."""
+    gpt.input_embeds_layer.weight[:, CONSTANT_CHANNEL] = PINNED_RESIDUAL
+    gpt.position_embeds_layer.weight[:, CONSTANT_CHANNEL] = 0.0
+    for block in gpt.layers:
+        block.attn.out_proj.weight[CONSTANT_CHANNEL] = 0.0
+        block.mlp.out_proj.weight[CONSTANT_CHANNEL] = 0.0
+    gpt.layernorm_final.weight[CONSTANT_CHANNEL] = 1.0
+
+
 @torch.no_grad()
 def _forbid_coarse_non_codebook_ids(coarse, settings: BarkSettings) -> None:
     """Make the coarse head never choose its pad/infer ids, as a trained model never does.
 
     transformers' coarse generation leaves those ids open on every second step,
     and a random head picks them now and then; the codec cannot decode them.
-    One hidden channel is pinned to 1 by the final layer norm, and only the
-    rows of those ids weigh it, strongly negative.
+    One hidden channel is pinned to 1 by the final layer norm (or, without a
+    layer-norm bias, to a large steady value through the residual stream), and
+    only the rows of those ids weigh it, strongly negative.
     """
-    coarse.layernorm_final.weight[CONSTANT_CHANNEL] = 0.0
-    coarse.layernorm_final.bias[CONSTANT_CHANNEL] = 1.0
+    if coarse.layernorm_final.bias is not None:
+        coarse.layernorm_final.weight[CONSTANT_CHANNEL] = 0.0
+        coarse.layernorm_final.bias[CONSTANT_CHANNEL] = 1.0
+        weight = FORBIDDEN_LOGIT
+    else:
+        _pin_residual_channel(coarse)
+        # The normalised channel is then about sqrt(hidden): keep the logit near FORBIDDEN_LOGIT.
+        weight = FORBIDDEN_LOGIT / math.sqrt(coarse.config.hidden_size)
     head = coarse.lm_head.weight
     head[:, CONSTANT_CHANNEL] = 0.0
     first_invalid = settings.semantic.semantic_vocab_size + settings.codebook_size * settings.coarse.n_coarse_codebooks
-    head[first_invalid:, CONSTANT_CHANNEL] = FORBIDDEN_LOGIT
+    head[first_invalid:, CONSTANT_CHANNEL] = weight
 
 
 @torch.no_grad()
