@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -99,7 +100,10 @@ class StageWorker:
         self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
         self._server: threading.Thread | None = None
         self.metrics = StageMetrics(self.stage, replica)
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray 2.60 reads its own deprecated actor_id inside this property
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             self.metrics.restarted()
 
     def placement(self) -> dict:
