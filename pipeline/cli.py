@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--format", choices=("hf", "suno"), default="hf")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--size",
+        choices=("tiny", "bark-small", "bark"),
+        default="tiny",
+        help="tiny, or random weights at the real shapes of suno/bark-small or suno/bark (for benchmarks)",
+    )
     return parser
 
 
@@ -131,11 +137,11 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from workers.tiny_model import make_tiny_model
 
     try:
-        path = make_tiny_model(args.directory, seed=args.seed, fmt=args.format)
+        path = make_tiny_model(args.directory, seed=args.seed, fmt=args.format, size=args.size)
     except (OSError, ValueError) as exc:
         print(f"bark-pipeline: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(f"tiny {args.format} checkpoint written to {path}")
+    print(f"{args.size} {args.format} checkpoint written to {path}")
     return EXIT_OK
 
 

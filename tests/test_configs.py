@@ -11,7 +11,7 @@ from pipeline.config import load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny", "bark-small", "bark"])
+@pytest.mark.parametrize("name", ["tiny", "bark-small", "bark", "gpu-1", "gpu-4", "gpu-8"])
 def test_config_loads(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.seed == 0
