@@ -175,8 +175,9 @@ def test_pack_puts_every_stage_on_one_node_and_fractional_stages_share_a_gpu(sim
     assert _groups_left() == []  # shutdown gave the reservation back
 
 
-def test_spread_puts_the_four_stages_on_four_nodes(sim, tiny_model_dir):
-    where = _placements(_config(tiny_model_dir, "SPREAD"))
+def test_strict_spread_puts_the_four_stages_on_four_nodes(sim, tiny_model_dir):
+    # Ray's plain SPREAD is best effort (it may pair two bundles on a node); STRICT_SPREAD guarantees it.
+    where = _placements(_config(tiny_model_dir, "STRICT_SPREAD"))
 
     nodes = [where[f"{stage}/0"]["node_id"] for stage in STAGES]
     assert len(set(nodes)) == 4 and set(nodes) <= sim.worker_ids(), nodes
@@ -191,9 +192,9 @@ def test_a_custom_resource_pins_a_stage_to_the_node_that_has_it(sim, tiny_model_
     coarse = [where[f"coarse/{index}"] for index in range(replicas)]
     assert {p["node_id"] for p in coarse} == {sim.pinned.node_id}
     assert len({p["gpu_ids"][0] for p in coarse}) == replicas
-    if strategy == "SPREAD":  # the other stages spread over the other nodes
+    if strategy == "SPREAD":  # the group holds the pinned bundles and the rest, all on worker nodes
         others = {where[f"{stage}/0"]["node_id"] for stage in ("semantic", "fine", "codec")}
-        assert len(others) == 3 and sim.pinned.node_id not in others
+        assert others <= sim.worker_ids()
 
 
 @pytest.mark.parametrize(
