@@ -98,28 +98,33 @@ def prefill(model, cache: SlotCache, slots: torch.Tensor, embeds: torch.Tensor, 
     return model.lm_head(hidden)[:, -1, :]
 
 
-def decode(model, cache: SlotCache, slots: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int | None = None) -> torch.Tensor:
-    """One token per slot, each at its own position; returns the next logits per row.
-
-    Keys beyond ``width`` are not read (every given slot must be shorter than it);
-    None reads the whole capacity, which keeps shapes fixed for compiled steps.
-    """
-    width = cache.capacity if width is None else width
-    positions = cache.lengths[slots]
-    hidden = model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None]
-    hidden = model.drop(hidden)
-    key_index = torch.arange(width, device=tokens.device)
+def _step_blocks(model, cache: SlotCache, slots: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int | None) -> torch.Tensor:
+    """The blocks for one token per slot at ``positions``: writes each slot's new key and
+    value, attends over its first ``width`` keys (None: every slot, whole capacity, read
+    as a view), and returns the next logits per row."""
+    hidden = model.drop(model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None])
+    key_index = torch.arange(cache.capacity if width is None else width, device=tokens.device)
     allowed = (key_index[None, :] <= positions[:, None])[:, None, None, :]  # rows, 1, 1, keys
     for index, block in enumerate(model.layers):
         q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
         cache.keys[index, slots, :, positions] = k[:, :, 0]
         cache.values[index, slots, :, positions] = v[:, :, 0]
-        keys = cache.keys[index, slots, :, :width]
-        values = cache.values[index, slots, :, :width]
+        if width is None:
+            keys, values = cache.keys[index], cache.values[index]
+        else:
+            keys, values = cache.keys[index, slots, :, :width], cache.values[index, slots, :, :width]
         hidden = hidden + block.attn.out_proj(_merge_heads(attend(q, keys, values, allowed, impl)))
         hidden = hidden + block.mlp(block.layernorm_2(hidden))
-    cache.lengths[slots] = positions + 1
     return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
+
+
+def decode(model, cache: SlotCache, slots: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int) -> torch.Tensor:
+    """One token per given slot, each at its own position; returns the next logits per row.
+    Keys beyond ``width`` are not read (every given slot must be shorter than it)."""
+    positions = cache.lengths[slots]
+    logits = _step_blocks(model, cache, slots, positions, tokens, impl, width)
+    cache.lengths[slots] = positions + 1
+    return logits
 
 
 def decode_active(model, cache: SlotCache, slots: list[int], last_tokens: list[int], impl: AttentionImpl, compiled=None) -> torch.Tensor:
@@ -137,19 +142,11 @@ def decode_all(model, cache: SlotCache, tokens: torch.Tensor, active: torch.Tens
 
     Idle slots (``active`` false) compute a throwaway row and keep their length.
     """
-    slots = torch.arange(len(tokens), device=tokens.device)
     positions = cache.lengths.clamp(max=cache.capacity - 1)
-    hidden = model.drop(model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None])
-    allowed = (torch.arange(cache.capacity, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-    for index, block in enumerate(model.layers):
-        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
-        cache.keys[index, slots, :, positions] = k[:, :, 0]
-        cache.values[index, slots, :, positions] = v[:, :, 0]
-        attended = attend(q, cache.keys[index], cache.values[index], allowed, impl)
-        hidden = hidden + block.attn.out_proj(_merge_heads(attended))
-        hidden = hidden + block.mlp(block.layernorm_2(hidden))
+    slots = torch.arange(len(tokens), device=tokens.device)
+    logits = _step_blocks(model, cache, slots, positions, tokens, impl, width=None)
     cache.lengths.copy_(torch.where(active, positions + 1, cache.lengths))
-    return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
+    return logits
 
 
 def compiled_decode(model, cache: SlotCache, impl: AttentionImpl, how: str):
