@@ -194,7 +194,6 @@ class StageWorker:
         """One forward pass (a batch, or a decode step): metrics, and a stats span, merged into
         the previous span when it just continues it with the same chunks."""
         self.metrics.batch(size, seconds)
-        self.metrics.queue_depth(queued)
         ended = time.time()
         last = self._spans[-1] if self._spans else None
         if last is not None and last.size == size and started - last.ended < 1e-3:
