@@ -137,6 +137,19 @@ def test_without_voice_and_params_columns_those_fields_are_plain_metadata(tmp_pa
     assert (item.voice, item.params, item.extra) == (None, {}, {"voice": "v2/en_speaker_1", "params": "raw"})
 
 
+def _first_ten_with_peak_memory(source):
+    """Opens ``source`` as items and takes ten; returns the open iterator, the ten, and the
+    peak traced Python memory while doing so."""
+    tracemalloc.start()
+    try:
+        items = iter_dataset_items(source, ColumnsConfig())
+        first = list(islice(items, 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return items, first, peak
+
+
 def test_a_jsonl_generator_reads_only_what_it_yields(tmp_path):
     path = tmp_path / "big.jsonl"
     with open(path, "w", encoding="utf-8") as file:
@@ -144,13 +157,7 @@ def test_a_jsonl_generator_reads_only_what_it_yields(tmp_path):
             file.write(json.dumps({"id": n, "text": f"Sentence number {n} of a long dataset.", "n": n}) + "\n")
     assert path.stat().st_size > 10 * LAZY_PEAK_BYTES
 
-    tracemalloc.start()
-    try:
-        items = iter_dataset_items(path, ColumnsConfig())
-        first = list(islice(items, 10))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    items, first, peak = _first_ten_with_peak_memory(path)
     items.close()
     assert [i.id for i in first] == [str(n) for n in range(10)]
     assert peak < LAZY_PEAK_BYTES
@@ -442,13 +449,7 @@ def test_a_saved_folder_is_read_a_batch_at_a_time(hf, tmp_path, monkeypatch):
         str(folder)
     )
     monkeypatch.setattr(datasets, "HF_BATCH_ROWS", 100)
-    tracemalloc.start()
-    try:
-        items = iter_dataset_items(folder, ColumnsConfig())
-        first = list(islice(items, 10))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    items, first, peak = _first_ten_with_peak_memory(folder)
     assert [i.id for i in first] == [str(n) for n in range(10)]
     assert peak < LAZY_PEAK_BYTES  # the Arrow file is memory-mapped; only one batch of rows becomes Python objects
     assert sum(1 for _ in items) == rows - 10
