@@ -24,8 +24,8 @@ import torch
 from transformers import BarkModel
 from transformers.utils import logging as transformers_logging
 
-from pipeline.config import SamplingSet
-from pipeline.records import VoicePrompt
+from workers.config import SamplingSet
+from workers.records import VoicePrompt
 
 STAGES = ("semantic", "coarse", "fine", "codec")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

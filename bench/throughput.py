@@ -110,7 +110,7 @@ def checkpoint_dir(args: argparse.Namespace) -> Path:
 
 def sampling_set(semantic_tokens: int):
     """Upstream Bark's temperatures; semantic EOS off, so every chunk has ``semantic_tokens`` tokens."""
-    from pipeline.config import SamplingSet
+    from workers.config import SamplingSet
 
     return SamplingSet.model_validate(
         {
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from pipeline.config import ModelConfig
+    from workers.config import ModelConfig
     from pipeline.scheduler import ChunkWork
     from pipeline.voices import load_voice
     from workers.checkpoints import load_tokenizer

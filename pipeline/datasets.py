@@ -59,6 +59,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.config import ColumnsConfig
 from pipeline.sources import Item, ItemError
+from workers.errors import UserError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 GZIP_SUFFIX = ".gz"
@@ -87,7 +88,7 @@ _HF_SPEC = re.compile(r"hf:(?P<name>[^:@]+)(?::(?P<config>[^:@]+))?(?:@(?P<split
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
 
 
-class MissingDependencyError(ValueError):
+class MissingDependencyError(UserError):
     """An input needs an optional package that is not installed (one line, with the install command)."""
 
 

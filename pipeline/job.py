@@ -22,13 +22,14 @@ import ray
 from pydantic import ValidationError
 
 from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
-from pipeline.config import ItemParams, JobConfig, SamplingSet, VoiceMode
+from pipeline.config import ItemParams, JobConfig, VoiceMode
+from workers.config import SamplingSet
 from pipeline.idset import DiskIdSet
 from pipeline.metrics import JobMetrics
 from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, index_manifest
 from pipeline.object_store import LocalStore, ObjectNotFound, open_storage
 from pipeline.progress import JobSummary, Progress
-from pipeline.records import AudioOutput, VoicePrompt
+from workers.records import AudioOutput, VoicePrompt
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
@@ -133,7 +134,7 @@ class NarrationJob:
         self.stop_requested = True
 
     def _load_voice(self, spec: str) -> VoicePrompt:
-        return load_voice(spec, semantic_vocab=self.settings.semantic.semantic_vocab_size, codebook_size=self.settings.codebook_size)
+        return load_voice(spec, self.settings)
 
     def count_tokens(self, text: str) -> int:
         return len(self.token_ids(text))

@@ -28,6 +28,7 @@ from boto3.s3.transfer import TransferConfig
 
 from pipeline.config import S3Config
 from pipeline.storage import LocalStorage, atomic_copy_file
+from workers.errors import UserError
 
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
@@ -66,7 +67,7 @@ UNREACHABLE_ERRORS = (
 REDACTED = "[redacted]"
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """A storage failure after retries; the message is one line, free of credentials."""
 
 

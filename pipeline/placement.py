@@ -31,7 +31,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from pipeline.config import STAGE_NAMES, ConfigError, JobConfig, StageName
+from pipeline.config import ConfigError, JobConfig
+from workers.config import STAGE_NAMES, StageName
 
 log = logging.getLogger(__name__)
 

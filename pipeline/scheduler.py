@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import ray
 
-from pipeline.config import STAGE_NAMES, JobConfig, SamplingSet
+from pipeline.config import JobConfig
+from workers.config import STAGE_NAMES, SamplingSet
 from pipeline.placement import StagePlacement
-from pipeline.records import BatchRecord, CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
+from workers.records import BatchRecord, CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
 from pipeline.seeds import stage_seed
 from workers.actors import WORKER_CLASSES
 

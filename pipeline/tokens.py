@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.records import VoicePrompt
+from workers.records import VoicePrompt
 from pipeline.storage import atomic_write_bytes
 
 COARSE_CODEBOOKS = 2  # Bark's coarse model predicts EnCodec's first two codebooks

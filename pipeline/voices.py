@@ -22,16 +22,15 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-from pipeline.records import VoicePrompt
+from workers.errors import UserError
+from workers.records import VoicePrompt
+from workers.settings import BarkSettings
 
 NPZ_SUFFIX = ".npz"
-SEMANTIC_VOCAB = 10_000
-CODEBOOK_SIZE = 1024
-# field -> number of rows (None: a 1-D array)
-_FIELDS = {"semantic_prompt": None, "coarse_prompt": 2, "fine_prompt": 8}
+_FIELDS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
 
 
-class VoiceError(ValueError):
+class VoiceError(UserError):
     """A voice that cannot be used; the message is one line naming voice and field."""
 
 
@@ -59,15 +58,19 @@ def _preset_names() -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def load_voice(
-    spec: str, *, semantic_vocab: int = SEMANTIC_VOCAB, codebook_size: int = CODEBOOK_SIZE
-) -> VoicePrompt:
-    """A checked voice prompt from a preset name or a path to an ``.npz`` file."""
+def load_voice(spec: str, settings: BarkSettings = BarkSettings()) -> VoicePrompt:
+    """A checked voice prompt from a preset name or a path to an ``.npz`` file; shapes and
+    token ranges come from ``settings`` (the checkpoint's constants)."""
     path = _resolve(spec)
     arrays = _read_npz(spec, path)
-    limits = {"semantic_prompt": semantic_vocab, "coarse_prompt": codebook_size, "fine_prompt": codebook_size}
-    for field, rows in _FIELDS.items():
-        _check_array(spec, field, arrays[field], rows, limits[field])
+    # field -> (rows, or None for a 1-D array; exclusive upper bound of its tokens)
+    shapes = {
+        "semantic_prompt": (None, settings.semantic_vocab_size),
+        "coarse_prompt": (settings.n_coarse_codebooks, settings.codebook_size),
+        "fine_prompt": (settings.n_fine_codebooks, settings.codebook_size),
+    }
+    for field, (rows, limit) in shapes.items():
+        _check_array(spec, field, arrays[field], rows, limit)
     if arrays["coarse_prompt"].shape[1] != arrays["fine_prompt"].shape[1]:
         raise VoiceError(
             f"voice {spec!r}: fine_prompt has {arrays['fine_prompt'].shape[1]} frames but "

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BarkModel
 from transformers.models.bark.generation_configuration_bark import BarkSemanticGenerationConfig
 
-from pipeline.config import STAGE_NAMES, ModelConfig, SunoFiles
+from workers.config import STAGE_NAMES, ModelConfig, SunoFiles
 from workers.checkpoints import (
     BIN_FILE,
     SAFETENSORS_FILE,

@@ -21,7 +21,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import start as ray_start_command
 
 from pipeline.cli import build_parser
-from pipeline.config import STAGE_NAMES, JobConfig, load_config
+from pipeline.config import JobConfig, load_config
+from workers.config import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

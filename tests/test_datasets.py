@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import pipeline.datasets as datasets
 from pipeline.datasets import ColumnsConfig, is_dataset, iter_dataset_items
 from pipeline.sources import Item, ItemError
+from workers.errors import UserError
 from tests.conftest import REPO
 
 LAZY_ROWS = 200_000
@@ -502,7 +503,7 @@ def test_without_the_datasets_package_an_hf_input_fails_in_one_line(tmp_path, mo
         for attempt in (lambda: next(iter_dataset_items(uri)), lambda: datasets.count_rows(uri)):
             with pytest.raises(datasets.MissingDependencyError, match=r"pip install 'bark-pipeline\[hf\]'") as info:
                 attempt()
-            assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+            assert "\n" not in str(info.value) and isinstance(info.value, UserError)
 
 
 def test_an_unreachable_hub_name_fails_fast_in_one_line_offline(hf):

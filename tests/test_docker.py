@@ -211,7 +211,7 @@ def test_weights_step_fills_the_cache_the_loader_then_reads_offline(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["baked", "suno/bark-tiny", "into", str(snapshot)]
     loader = subprocess.run(
-        [sys.executable, "-c", "import sys; from pipeline.config import ModelConfig; from workers.checkpoints import "
+        [sys.executable, "-c", "import sys; from workers.config import ModelConfig; from workers.checkpoints import "
          "resolve_checkpoint_dir; print(resolve_checkpoint_dir(ModelConfig(source=sys.argv[1])))", "suno/bark-tiny"],
         env=env, cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
+from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
 from pipeline.job import history_sources
-from pipeline.records import CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
+from workers.records import CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
 from pipeline.voices import load_voice
 from tests.conftest import REPO
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer

@@ -19,8 +19,8 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
-from pipeline.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
-from pipeline.records import CoarseRequest, FineRequest, SemanticRequest
+from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
+from workers.records import CoarseRequest, FineRequest, SemanticRequest
 from pipeline.voices import load_voice
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
 from workers.coarse import CoarseEngine, flatten_coarse, generate_coarse, unflatten_coarse

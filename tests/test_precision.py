@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
+from workers.config import ModelConfig
 from workers.checkpoints import load_stage_model
 from workers.fine import _logits as fine_logits
 from workers.gpt import run_blocks

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.records import VoicePrompt
+from workers.records import VoicePrompt
 from pipeline.tokens import save_voice_npz, voice_from_tokens
 from pipeline.voices import load_voice
 

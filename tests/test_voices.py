@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.records import VoicePrompt
+from workers.records import VoicePrompt
 from pipeline.voices import VoiceError, list_voices, load_voice
+from transformers.models.bark.generation_configuration_bark import BarkSemanticGenerationConfig
+from workers.settings import BarkSettings
 
 N_PRESETS = 271  # the .npz files shipped in bark==0.1.5
 
@@ -109,12 +111,13 @@ def test_malformed_voices_name_voice_and_field(tmp_path, arrays, field, message)
     assert "\n" not in text and repr(path) in text and field in text
 
 
-def test_vocab_limits_are_parameters(tmp_path):
+def test_vocab_limits_come_from_the_checkpoint_settings(tmp_path):
     path = save(tmp_path, **good_arrays())
+    small_semantic = BarkSettings(semantic=BarkSemanticGenerationConfig(semantic_vocab_size=10))
     with pytest.raises(VoiceError, match="semantic_prompt"):
-        load_voice(path, semantic_vocab=10)
+        load_voice(path, small_semantic)
     with pytest.raises(VoiceError, match="coarse_prompt"):
-        load_voice(path, codebook_size=2)
+        load_voice(path, BarkSettings(codebook_size=2))
 
 
 class _Payload:

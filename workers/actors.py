@@ -31,8 +31,8 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.config import ModelConfig, StageConfig, StageName
-from pipeline.records import (
+from workers.config import ModelConfig, StageConfig, StageName
+from workers.records import (
     AudioOutput,
     BatchRecord,
     CodecRequest,

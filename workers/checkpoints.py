@@ -38,11 +38,13 @@ from transformers import (
     EncodecModel,
 )
 
-from pipeline.config import STAGE_NAMES, ModelConfig
+from workers.config import STAGE_NAMES, ModelConfig
+from workers.errors import UserError
+from workers.layouts import CAUSAL_MASK_SUFFIX, suno_to_hf_key
 from workers.settings import BarkSettings, load_settings
+from workers.tiny_model import make_tiny_model
 
 SUNO_TOKENIZER = "bert-base-multilingual-cased"
-SUNO_STATE_PREFIX = "_orig_mod."  # left by torch.compile in Suno's checkpoints
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -53,7 +55,7 @@ _HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # configs, tokenizer, weights
 _HUB_BIN_FILES = [*_HUB_FILES, "pytorch_model*.bin"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be loaded; the message is one line naming the path."""
 
 
@@ -72,48 +74,6 @@ _GPT_STAGES = {
 }
 _CODEC_PREFIX = "codec_model."
 
-# nanoGPT names -> transformers Bark names. Prefix rules apply at the start of a
-# key, block rules anywhere after it; each side is unique, so the map inverts.
-_SUNO_PREFIX_RULES = (
-    ("transformer.wtes.", "input_embeds_layers."),
-    ("transformer.wte.", "input_embeds_layer."),
-    ("transformer.wpe.", "position_embeds_layer."),
-    ("transformer.ln_f.", "layernorm_final."),
-    ("transformer.h.", "layers."),
-)
-_SUNO_BLOCK_RULES = (
-    (".ln_1.", ".layernorm_1."),
-    (".ln_2.", ".layernorm_2."),
-    (".attn.c_attn.", ".attn.att_proj."),
-    (".attn.c_proj.", ".attn.out_proj."),
-    (".mlp.c_fc.", ".mlp.in_proj."),
-    (".mlp.c_proj.", ".mlp.out_proj."),
-)
-_HF_PREFIX_RULES = tuple((new, old) for old, new in _SUNO_PREFIX_RULES)
-_HF_BLOCK_RULES = tuple((new, old) for old, new in _SUNO_BLOCK_RULES)
-_CAUSAL_MASK_SUFFIX = ".attn.bias"  # a buffer, not a weight: recomputed when a file lacks it
-
-
-def _rename(key: str, prefix_rules, block_rules) -> str:
-    for old, new in prefix_rules:
-        if key.startswith(old):
-            key = new + key[len(old) :]
-            break
-    for old, new in block_rules:
-        key = key.replace(old, new)
-    return key
-
-
-def suno_to_hf_key(key: str) -> str:
-    """``transformer.h.0.attn.c_attn.weight`` -> ``layers.0.attn.att_proj.weight``."""
-    return _rename(key.removeprefix(SUNO_STATE_PREFIX), _SUNO_PREFIX_RULES, _SUNO_BLOCK_RULES)
-
-
-def hf_to_suno_key(key: str) -> str:
-    """The inverse of :func:`suno_to_hf_key` (without the compile prefix)."""
-    return _rename(key, _HF_PREFIX_RULES, _HF_BLOCK_RULES)
-
-
 # ---------------------------------------------------------------- where and what
 
 
@@ -123,8 +83,6 @@ def resolve_checkpoint_dir(model: ModelConfig) -> Path:
     if local.is_dir():
         return local
     if model.make_tiny_if_missing:
-        from workers.tiny_model import make_tiny_model  # tiny_model imports this module
-
         return make_tiny_model(local, fmt=model.format)
     if model.format == "suno":
         raise CheckpointError(f"suno checkpoint directory {model.source} does not exist (suno format is local only)")
@@ -240,7 +198,7 @@ def _load_suno_gpt(path: Path, spec: _GptStage, attn_implementation: str) -> nn.
     state = {
         suno_to_hf_key(key): tensor
         for key, tensor in checkpoint["model"].items()
-        if not key.endswith(_CAUSAL_MASK_SUFFIX)  # nanoGPT's mask may be float; use ours
+        if not key.endswith(CAUSAL_MASK_SUFFIX)  # nanoGPT's mask may be float; use ours
     }
     return _build_and_load(spec.model_cls, sub_config, state, attn_implementation, where=path)
 
@@ -375,7 +333,7 @@ def _build_and_load(
     expected = model.state_dict()
     state = _adapt_legacy_weight_norm(dict(state), expected)
     for key, buffer in expected.items():
-        if key.endswith(_CAUSAL_MASK_SUFFIX) and key not in state:
+        if key.endswith(CAUSAL_MASK_SUFFIX) and key not in state:
             state[key] = _causal_mask(buffer.shape[-1])
     tied = _tied_pairs(model)
     for target, source in tied.items():

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import AttentionImpl
-from pipeline.records import FineRequest
+from workers.config import AttentionImpl
+from workers.records import FineRequest
 from workers.gpt import run_blocks
 from workers.settings import BarkSettings
 

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import AttentionImpl
+from workers.config import AttentionImpl
 
 
 class SlotCache:

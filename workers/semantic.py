@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from transformers.generation.logits_process import BarkEosPrioritizerLogitsProcessor, SuppressTokensLogitsProcessor
 
-from pipeline.config import AttentionImpl
-from pipeline.records import SemanticRequest
+from workers.config import AttentionImpl
+from workers.records import SemanticRequest
 from workers.decoding import decode_step
 from workers.gpt import SlotCache, compiled_decode, decode_active, prefill
 from workers.sampling import RowSampler, sample_rows

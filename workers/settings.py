@@ -30,6 +30,21 @@ class BarkSettings:
     sample_rate: int = DEFAULT_SAMPLE_RATE
 
     @property
+    def semantic_vocab_size(self) -> int:
+        """Semantic token ids are 0..semantic_vocab_size-1 (10 000)."""
+        return self.semantic.semantic_vocab_size
+
+    @property
+    def n_coarse_codebooks(self) -> int:
+        """EnCodec codebooks the coarse stage makes (2)."""
+        return self.coarse.n_coarse_codebooks
+
+    @property
+    def n_fine_codebooks(self) -> int:
+        """EnCodec codebooks of the audio (8)."""
+        return self.fine.n_fine_codebooks
+
+    @property
     def semantic_to_coarse_ratio(self) -> float:
         """Flattened coarse tokens per semantic token (~3.006)."""
         return self.coarse.coarse_rate_hz / self.semantic.semantic_rate_hz * self.coarse.n_coarse_codebooks

@@ -34,8 +34,8 @@ import torch
 from transformers import BarkConfig, BarkModel, BertTokenizerFast, EncodecConfig
 from transformers.utils import logging as transformers_logging
 
-from pipeline.config import SemanticSampling, SunoFiles
-from workers.checkpoints import SUNO_STATE_PREFIX, hf_to_suno_key
+from workers.config import SemanticSampling, SunoFiles
+from workers.layouts import CAUSAL_MASK_SUFFIX, SUNO_STATE_PREFIX, hf_to_suno_key
 from workers.settings import GENERATION_CONFIG_FILE, BarkSettings
 
 MARKER_FILE = "tiny_model.json"
@@ -402,7 +402,7 @@ def _suno_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     state = {}
     for key, tensor in module.state_dict(keep_vars=False).items():
-        if key.endswith(".attn.bias"):
+        if key.endswith(CAUSAL_MASK_SUFFIX):
             continue
         state[SUNO_STATE_PREFIX + hf_to_suno_key(key)] = tensor.detach()
     return state

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.config import CoarseSampling, FineSampling, SemanticSampling
+from workers.config import CoarseSampling, FineSampling, SemanticSampling
 
 
 class Record(BaseModel):

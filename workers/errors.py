@@ -1,0 +1,13 @@
+"""The one family of errors that a user can fix: a config, an input, a voice, a checkpoint,
+a storage setting. Each carries a one-line message naming the thing and the field.
+
+It is deliberately not a ``ValueError``: a ``ValueError`` (or any other exception)
+from inside the job is a bug, reported as such with its traceback, never mistaken
+for "bad config".
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in what the user gave us; the message is one line and says what to fix."""
