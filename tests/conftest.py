@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from hypothesis import settings
 
 from s3_server import seaweed_fixture  # noqa: F401 - registers the session's s3_server fixture
@@ -20,6 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+# The tiny model's tensors are small: one thread runs them fastest, and many times
+# faster than several threads contending for this 2-core machine with Ray's workers.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
