@@ -2,7 +2,7 @@
 
 Suno's code draws with ``torch.multinomial`` on the global RNG, one row at a
 time. To compare its tokens with ours, both sides must draw with the same
-randomness: here Suno's ``torch.multinomial`` is replaced by the Gumbel-max draw
+randomness: here Suno's ``torch.multinomial`` is replaced by the exponential-race draw
 of :mod:`workers.sampler`, keyed like ours by (chunk seed, step, index), so the
 only differences left are differences of distribution or stop rule. Nothing
 else of Suno's code is touched: its prompt layout, filtering order, EOS rule,
@@ -21,7 +21,7 @@ from bark.model import GPT, GPTConfig
 from bark.model_fine import FineGPT, FineGPTConfig
 
 from workers.layouts import SUNO_STATE_PREFIX
-from workers.sampler import counter_bases, gumbel_max, gumbel_noise, seed_keys
+from workers.sampler import counter_bases, draw, seed_keys
 
 
 def load_suno_models(directory: Path, tokenizer) -> dict:
@@ -63,9 +63,8 @@ class ExactDraws:
             self.next_step()
         width = probs.shape[0]
         index = torch.arange(width) + self.draws_in_step * width
-        noise = gumbel_noise(self.key, counter_bases(torch.tensor([self.step])), index)  # 1, width
         self.draws_in_step += 1
-        return gumbel_max(probs[None], noise)  # (1,)
+        return draw(probs[None], self.key, counter_bases(torch.tensor([self.step])), index)  # (1,)
 
 
 class _TorchWithDraw:

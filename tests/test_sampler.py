@@ -16,7 +16,7 @@ from scipy.special import softmax as scipy_softmax
 from scipy.stats import chisquare
 
 from workers.config import CoarseSampling, FineSampling, SemanticSampling
-from workers.sampler import BAD_TOKEN, counter_bases, gumbel_noise, sample, seed_keys, suno_filter, uniforms
+from workers.sampler import BAD_TOKEN, counter_bases, draw, sample, seed_keys, suno_filter, uniforms
 
 MASK64 = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
@@ -134,11 +134,12 @@ def test_a_row_without_a_finite_distribution_fails_alone():
     assert tokens[1] == BAD_TOKEN and tokens[0] != BAD_TOKEN and tokens[2] == 0
 
 
-def test_noise_for_one_counter_is_the_same_in_any_batch():
+def test_a_rows_draw_is_the_same_in_any_batch():
+    probs = torch.softmax(torch.randn(3, 10, generator=torch.Generator().manual_seed(0)), -1)
     keys = seed_keys(torch.tensor([5, 6, 7]))
     bases = counter_bases(torch.tensor([3, 0, 9]))
-    together = gumbel_noise(keys, bases, torch.arange(10))
-    alone = gumbel_noise(keys[1:2], bases[1:2], torch.arange(10))
+    together = draw(probs, keys, bases, torch.arange(10))
+    alone = draw(probs[1:2], keys[1:2], bases[1:2], torch.arange(10))
     assert torch.equal(together[1:2], alone)
 
 

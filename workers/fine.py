@@ -10,7 +10,7 @@ Suno's ``generate_fine``.
 A batch's chunks live in one padded tensor on the device; each window is one
 gather of every row's window, one forward and one whole-batch draw per codebook,
 and one write back, so its cost does not grow with the number of rows in
-torch ops. The draw is the same counter-based Gumbel-max as the GPT stages',
+torch ops. The draw is the same counter-based exponential race as the GPT stages',
 keyed by (chunk seed, window and codebook, frame, code).
 """
 
@@ -27,7 +27,7 @@ from workers.config import AttentionImpl
 from workers.engine import Admission, BatchEngine, Finished
 from workers.gpt import run_blocks
 from workers.records import FineRequest
-from workers.sampler import STEP_STRIDE, gumbel_max, gumbel_noise, seed_keys
+from workers.sampler import STEP_STRIDE, draw, seed_keys
 from workers.settings import BarkSettings
 
 BAD_ROW_ERROR = "sampling produced no finite probabilities (NaN or inf logits)"
@@ -133,7 +133,7 @@ class FineEngine(BatchEngine):
             probs = torch.softmax(logits / torch.where(temperature == 0, 1.0, temperature)[:, None, None], dim=-1)
             step = window * (cfg.n_fine_codebooks - n_coarse) + (codebook - n_coarse)
             bases = step * STEP_STRIDE - firsts * settings.codebook_size
-            drawn = gumbel_max(probs, gumbel_noise(keys, bases, index))  # rows, window
+            drawn = draw(probs, keys, bases, index)  # rows, window
             predicted = torch.where(greedy, torch.argmax(logits, dim=-1), drawn)
             buffer[:, :, codebook] = torch.where(fill, predicted, buffer[:, :, codebook])
             finite &= (torch.isfinite(probs).all(dim=-1) | ~fill).all(dim=-1)

@@ -12,10 +12,12 @@ at step ``s`` is a pure function of the chunk's seed, ``s`` and ``i``
 chunk's draws therefore never depend on its batch, its slot, its replica, its
 device or the order in which chunks arrive, and no generator state is kept.
 
-The draw is Gumbel-max: ``argmax(log p_i - log(-log u_i))`` is an exact sample
-from ``p`` (the Gumbel-max trick). Unlike inverse-CDF sampling it barely reacts
-to last-bit differences in the logits (a draw changes only where two perturbed
-scores tie), which keeps tokens stable across batch shapes.
+The draw is an exponential race: with ``E_i = -log u_i`` independent Exp(1)
+variables, ``argmax(p_i / E_i)`` is an exact sample from ``p`` (it is the
+Gumbel-max trick, ``argmax(log p_i - log E_i)``, without the logarithms).
+Unlike inverse-CDF sampling it barely reacts to last-bit differences in the
+logits (a draw changes only where two racers tie), which keeps tokens stable
+across batch shapes.
 """
 
 from __future__ import annotations
@@ -67,15 +69,11 @@ def counter_bases(steps: torch.Tensor) -> torch.Tensor:
     return steps.to(torch.int64) * STEP_STRIDE
 
 
-def gumbel_noise(keys: torch.Tensor, bases: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise (rows, *index.shape) for the counters ``bases[row] + index``."""
+def draw(probs: torch.Tensor, keys: torch.Tensor, bases: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` (rows, ..., vocab), drawn exactly from it: an exponential race
+    whose uniforms are those of the counters ``bases[row] + index`` (``index``: the trailing shape)."""
     counters = bases.view((-1,) + (1,) * index.dim()) + index
-    return -torch.log(-torch.log(uniforms(keys, counters)))
-
-
-def gumbel_max(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The index that ``noise`` draws from each row of ``probs`` (last dim); exact in distribution."""
-    return torch.argmax(torch.log(probs).to(torch.float64) + noise, dim=-1)
+    return torch.argmax(probs.to(torch.float64) / -torch.log(uniforms(keys, counters)), dim=-1)
 
 
 def suno_filter(logits: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -116,8 +114,7 @@ def sample(
     filtered = suno_filter(logits.float(), top_p, top_k)  # rows, vocab
     greedy = temperature == 0
     probs = torch.softmax(filtered / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
-    index = torch.arange(logits.shape[-1], device=logits.device)
-    drawn = gumbel_max(probs, gumbel_noise(keys, counter_bases(steps), index))
+    drawn = draw(probs, keys, counter_bases(steps), torch.arange(logits.shape[-1], device=logits.device))
     tokens = torch.where(greedy, torch.argmax(filtered, dim=-1), drawn)
     finite = torch.isfinite(probs).all(dim=-1)
     return torch.where(finite, tokens, BAD_TOKEN), probs
