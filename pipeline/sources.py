@@ -75,6 +75,10 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
     """An input that is not there; also a FileNotFoundError, as the open() it stands for."""
 
 
+class SourceUnavailableError(SourceError, OSError):
+    """An input that cannot be reached now (a hub offline, a network down); also an OSError."""
+
+
 # --- metadata ---------------------------------------------------------------------
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
