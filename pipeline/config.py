@@ -76,6 +76,10 @@ class InputConfig(Strict):
     columns: ColumnsConfig = ColumnsConfig()
 
 
+# The metadata JSON writer (pydantic) refuses values nested ~250 deep; stay well under it.
+MAX_METADATA_DEPTH = 200
+
+
 class LimitsConfig(Strict):
     """Bounds on what one input may make the driver read or hold.
 
@@ -106,7 +110,10 @@ class LimitsConfig(Strict):
         description="inflated/compressed size of a zip member over 1 MiB (text compresses ~5x; zip bombs ~1000x)",
     )
     max_metadata_depth: int = Field(
-        default=32, ge=1, description="nesting of objects and arrays in an item's metadata (front matter, extra columns)"
+        default=32,
+        ge=1,
+        le=MAX_METADATA_DEPTH,
+        description="nesting of objects and arrays in an item's metadata (front matter, extra columns)",
     )
 
 

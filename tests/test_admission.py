@@ -111,3 +111,18 @@ def test_limits_are_validated_with_their_path_and_take_units(tiny_model_dir, tmp
         job_config(tmp_path, tiny_model_dir, limits={"max_item_chars": 0})
     with pytest.raises(ConfigError, match=r"limits\.max_line_bytes: Extra inputs are not permitted"):
         job_config(tmp_path, tiny_model_dir, limits={"max_line_bytes": 5})
+
+
+def test_metadata_depth_cannot_be_set_past_what_the_metadata_writer_takes(tiny_model_dir, tmp_path):
+    from pipeline.assembly import ItemMetadata
+    from pipeline.config import MAX_METADATA_DEPTH
+
+    with pytest.raises(ConfigError, match=r"limits\.max_metadata_depth: Input should be less than or equal to 200"):
+        job_config(tmp_path, tiny_model_dir, limits={"max_metadata_depth": 300})
+    deepest = "bottom"
+    for _ in range(MAX_METADATA_DEPTH):
+        deepest = {"in": deepest}
+    ItemMetadata(
+        id="a", status="ok", duration_s=1, sample_rate=24000, voice_mode="fixed", language="en",
+        seed=0, model="m", wall_s=1, extra={"meta": deepest},
+    ).model_dump_json()
