@@ -37,7 +37,7 @@ from pipeline.storage import item_key
 from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
 from pipeline.text import TextChunk, detect_language, make_chunks
 from pipeline.tokens import voice_npz_bytes
-from pipeline.voices import VoiceError, load_voice
+from pipeline.voices import VoiceError, load_item_voice, load_voice
 from workers.checkpoints import load_settings_for, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,14 @@ class NarrationJob:
         self.stop_requested = True
 
     def _load_voice(self, spec: str) -> VoicePrompt:
-        return load_voice(spec, self.settings)
+        return load_voice(spec, self.settings, self.config.limits)
+
+    def _load_item_voice(self, spec: str) -> VoicePrompt:
+        """An item's own voice: a preset or a file in ``voices_dir``, unless the job allows any path."""
+        config = self.config
+        return load_item_voice(
+            spec, self.settings, config.limits, voices_dir=config.voices_dir, allow_paths=config.allow_voice_paths
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.token_ids(text))
@@ -223,6 +230,9 @@ class NarrationJob:
             return self._fail(item.id, f"{item.field}: {item.message}")
         if not self.seen_ids.add(item.id):
             return self._fail(item.id, "id: duplicate item id in the input")
+        max_chars = self.config.limits.max_item_chars
+        if len(item.text) > max_chars:
+            return self._fail(item.id, f"text: {len(item.text)} characters, over limits.max_item_chars ({max_chars})")
         try:
             params = ItemParams.model_validate(item.params or {})
             sampling = _merged_sampling(self.config.sampling, params)
@@ -231,7 +241,7 @@ class NarrationJob:
             return self._fail(item.id, f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
         spec = params.voice or item.voice
         try:
-            voice = self._load_voice(spec) if spec else self.default_voice
+            voice = self._load_item_voice(spec) if spec else self.default_voice
         except VoiceError as exc:
             return self._fail(item.id, f"voice: {exc}")
         language = self.config.text.language
