@@ -30,10 +30,12 @@ class StagesConfig(Strict):
 
 
 class TextConfig(Strict):
-    """Chunk budget: each chunk stays inside Bark's ~13 s window (and never over 256 text tokens)."""
+    """Chunk budget: each chunk stays inside Bark's ~13 s window, and inside the semantic
+    model's text window (``max_input_semantic_length``, 256 tokens; checked against the
+    checkpoint when the job starts)."""
 
     max_chars: int = Field(default=220, ge=1)
-    max_tokens: int = Field(default=200, ge=1, le=256)
+    max_tokens: int = Field(default=200, ge=1)
     language: str = Field(
         default="auto", description="ISO 639-1 code for the sentence splitter; 'auto' guesses from the script"
     )

@@ -22,7 +22,7 @@ import ray
 from pydantic import ValidationError
 
 from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
-from pipeline.config import ItemParams, JobConfig, VoiceMode
+from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
 from workers.config import SamplingSet
 from pipeline.idset import DiskIdSet
 from pipeline.metrics import JobMetrics
@@ -100,6 +100,10 @@ class NarrationJob:
         total_items: int | None = None,
     ) -> None:
         self.config = config
+        self.settings = load_settings_for(config.model)
+        window = self.settings.semantic.max_input_semantic_length
+        if config.text.max_tokens > window:
+            raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
         self.storage = open_storage(output, config.s3)
         # What earlier runs finished (resume skips it) and the ids this run has seen (a
         # repeated id fails): both on disk, so the driver's memory does not grow with
@@ -114,7 +118,6 @@ class NarrationJob:
         self.retry_failed = retry_failed
         self.progress = Progress(quiet=quiet, total_items=total_items)
         self.tokenizer = load_tokenizer(config.model)
-        self.settings = load_settings_for(config.model)
         self.default_voice = self._load_voice(config.voice) if config.voice else None
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(
             lambda text: tuple(self.tokenizer.encode(text, add_special_tokens=False))

@@ -33,7 +33,6 @@ from typing import Literal
 
 import sentencex
 
-BARK_MAX_TEXT_TOKENS = 256  # the semantic model's text window; more is cut silently
 
 PARAGRAPH_BREAK = "\n\n"
 CHAPTER_BREAK = "\f"
@@ -330,8 +329,8 @@ def make_chunks(
     a piece of a long sentence), "paragraph", "chapter", or "end" for the last.
     ``language`` picks the sentence rules; "auto" guesses it from the script.
     """
-    if max_chars < 1 or not 1 <= max_tokens <= BARK_MAX_TEXT_TOKENS:
-        raise ValueError(f"need max_chars >= 1 and 1 <= max_tokens <= {BARK_MAX_TEXT_TOKENS}")
+    if max_chars < 1 or max_tokens < 1:
+        raise ValueError("need max_chars >= 1 and max_tokens >= 1")
     if language == "auto":
         language = detect_language(text)
     budget = _Budget(count_tokens, max_chars, max_tokens)
