@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,22 +55,3 @@ def s3_env(s3_server, monkeypatch, tmp_path):
     for name, value in s3_server.aws_env().items():
         monkeypatch.setenv(name, value)
     return s3_server
-
-
-def pytest_sessionfinish(session, exitstatus):
-    session.config.bark_exit_status = int(exitstatus)
-
-
-def pytest_unconfigure(config):
-    """Ends the process with pytest's own status once its report is written.
-
-    After a full run (Ray started and stopped several times, torch.compile,
-    pyarrow, SQLite) the interpreter's final teardown can segfault inside native
-    code, turning a green run into exit 139. Every test has finished and been
-    reported by now, so nothing is skipped; only that teardown is.
-    """
-    status = getattr(config, "bark_exit_status", None)
-    if status is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)

@@ -34,7 +34,7 @@ import torch
 
 from workers.config import AttentionImpl, DecodeCompile
 from workers.gpt import decode, prefill
-from workers.sampler import BAD_TOKEN, sample, seed_keys
+from workers.sampler import BAD_ROW_ERROR, BAD_TOKEN, sample, seed_keys
 from workers.slots import SlotCache, SlotState
 
 NO_LIMIT = np.iinfo(np.int64).max // 2  # a window that never ends
@@ -132,15 +132,13 @@ class RowPlan:
     allow_eos: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
-    """One chunk in a slot, as the host sees it."""
+    """One chunk in a slot, as the host sees it (its counters are the engine's per-slot arrays)."""
 
     handle: object
     slot: int
     plan: RowPlan
-    window_end: int = 0  # generated-token count at which the current window ends
-    seconds: float = 0.0
 
 
 class StagePolicy(Protocol):
@@ -193,10 +191,12 @@ class GptEngine:
         self.state = SlotState.empty(slots, self.device)
         self.rows: dict[int, Row] = {}
         self._to_prefill: list[int] = []
-        # Host mirrors, one entry per slot: what each chunk has generated so far.
+        # Per-slot host arrays, updated for all rows at once: tokens generated so far, the
+        # most a chunk may generate, the count at which its window ends, its compute time.
         self._counts = np.zeros(slots, dtype=np.int64)
         self._limits = np.zeros(slots, dtype=np.int64)
         self._window_ends = np.zeros(slots, dtype=np.int64)
+        self._seconds = np.zeros(slots)
         self._generated = np.zeros((slots, policy.max_tokens), dtype=np.int64)
         self._decoding = np.zeros(slots, dtype=bool)  # as last written to state.decoding
         # (1, vocab_width): where EOS sits in the sampled slice, for rows that may not stop.
@@ -236,7 +236,7 @@ class GptEngine:
                 self._generated = np.pad(self._generated, ((0, 0), (0, plan.limit - self._generated.shape[1])))
             slot = self.cache.allocate()
             self.rows[slot] = Row(admission.handle, slot, plan)
-            self._counts[slot], self._limits[slot] = 0, plan.limit
+            self._counts[slot], self._limits[slot], self._seconds[slot] = 0, plan.limit, 0.0
             self._to_prefill.append(slot)
             placed.append(slot)
         if placed:
@@ -305,11 +305,7 @@ class GptEngine:
             **{name: getattr(state, name)[index] for name in ("key", "temperature", "top_k", "top_p", "min_eos_p", "allow_eos")},
         )
         state.write(index, sampled=tokens, last_token=tokens.clamp(min=0), position=torch.full_like(tokens, length), step=steps + 1)
-        for slot in slots:
-            row = self.rows[slot]
-            window = policy.window or NO_LIMIT
-            row.window_end = int(min(self._counts[slot] + window, row.plan.limit))
-            self._window_ends[slot] = row.window_end
+        self._window_ends[slots] = np.minimum(self._counts[slots] + (policy.window or NO_LIMIT), self._limits[slots])
 
     def _decode_step(self) -> None:
         """The fixed-shape step over every slot: forward, sample, update the state in place."""
@@ -355,18 +351,17 @@ class GptEngine:
         self._counts[append] += 1
         done = produced & (bad | stop | (self._counts >= self._limits))
         window_over = produced & ~done & (self._counts >= self._window_ends)
-        share = seconds / max(1, int(produced.sum()))
-        for slot in np.flatnonzero(produced):
-            self.rows[slot].seconds += share
+        self._seconds[produced] += seconds / max(1, int(produced.sum()))
         self._to_prefill.extend(int(slot) for slot in np.flatnonzero(window_over))
         return [self._leave(int(slot), bool(bad[slot])) for slot in np.flatnonzero(done)]
 
     def _leave(self, slot: int, bad: bool) -> Finished:
         row = self.rows.pop(slot)
         self.cache.release(slot)
+        seconds = float(self._seconds[slot])
         if bad:
-            return Finished(row.handle, None, row.seconds, "sampling produced no finite probabilities (NaN or inf logits)")
-        return Finished(row.handle, self.policy.result(row.plan.context, self._tokens(slot)), row.seconds)
+            return Finished(row.handle, None, seconds, BAD_ROW_ERROR)
+        return Finished(row.handle, self.policy.result(row.plan.context, self._tokens(slot)), seconds)
 
     def _tokens(self, slot: int) -> np.ndarray:
         return self._generated[slot, : self._counts[slot]]

@@ -27,10 +27,8 @@ from workers.config import AttentionImpl
 from workers.engine import Admission, BatchEngine, Finished
 from workers.gpt import run_blocks
 from workers.records import FineRequest
-from workers.sampler import STEP_STRIDE, draw, seed_keys
+from workers.sampler import BAD_ROW_ERROR, STEP_STRIDE, draw, seed_keys
 from workers.settings import BarkSettings
-
-BAD_ROW_ERROR = "sampling produced no finite probabilities (NaN or inf logits)"
 
 
 @dataclass(frozen=True)

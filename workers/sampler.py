@@ -37,6 +37,7 @@ _MANTISSA_BITS = 53  # uniforms are float64 with 53 random bits, never exactly 0
 # A row whose settings make no finite distribution (NaN logits) gets this token:
 # it fails alone, and the rows batched with it are not touched.
 BAD_TOKEN = -1
+BAD_ROW_ERROR = "sampling produced no finite probabilities (NaN or inf logits)"
 
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
