@@ -107,14 +107,15 @@ def _admissions(stage: str, batch: int, inputs: dict, settings) -> list:
 
 def _engine(stage: str, model, settings, batch: int, args):
     from workers.codec import CodecEngine
-    from workers.coarse import coarse_engine
+    from workers.coarse import CoarsePolicy
+    from workers.engine import GptEngine
     from workers.fine import FineEngine
-    from workers.semantic import semantic_engine
+    from workers.semantic import SemanticPolicy
 
     if stage == "semantic":
-        return semantic_engine(model, settings, batch, args.attention, args.decode_compile)
+        return GptEngine(model, SemanticPolicy(model, settings), batch, args.attention, args.decode_compile)
     if stage == "coarse":
-        return coarse_engine(model, settings, batch, args.attention, args.decode_compile)
+        return GptEngine(model, CoarsePolicy(model, settings), batch, args.attention, args.decode_compile)
     if stage == "fine":
         return FineEngine(model, settings, batch, args.attention)
     return CodecEngine(model, batch)

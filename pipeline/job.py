@@ -336,7 +336,7 @@ class NarrationJob:
                 if fine.tokens.shape[-1] == 0:
                     continue  # a chunk that ended at once has no tokens to reuse as a voice
                 name = files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
-                self.storage.put_bytes(name, voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens))
+                self.storage.put_bytes(name, voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens, self.settings))
         duration = len(audio) / rate
         metadata = ItemMetadata(
             id=state.item.id,

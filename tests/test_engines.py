@@ -13,12 +13,12 @@ from transformers.models.bark.generation_configuration_bark import BarkFineGener
 
 from pipeline.voices import load_voice
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
-from workers.coarse import coarse_engine
+from workers.coarse import CoarsePolicy
 from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
-from workers.engine import Admission, run_to_completion
+from workers.engine import Admission, GptEngine, run_to_completion
 from workers.fine import FineEngine
 from workers.records import CoarseRequest, FineRequest, SemanticRequest
-from workers.semantic import semantic_engine
+from workers.semantic import SemanticPolicy
 
 N_CHUNKS = 16
 BATCH_SIZES = (1, 3, 16)
@@ -79,8 +79,8 @@ def _fine_admissions(stage) -> list[Admission]:
 
 
 ENGINES = {
-    "semantic": (_semantic_admissions, lambda s, n: semantic_engine(s["models"]["semantic"], s["settings"], n)),
-    "coarse": (_coarse_admissions, lambda s, n: coarse_engine(s["models"]["coarse"], s["settings"], n)),
+    "semantic": (_semantic_admissions, lambda s, n: GptEngine(s["models"]["semantic"], SemanticPolicy(s["models"]["semantic"], s["settings"]), n)),  # noqa: E501
+    "coarse": (_coarse_admissions, lambda s, n: GptEngine(s["models"]["coarse"], CoarsePolicy(s["models"]["coarse"], s["settings"]), n)),  # noqa: E501
     "fine": (_fine_admissions, lambda s, n: FineEngine(s["models"]["fine"], s["fine_settings"], n)),
 }
 
@@ -129,7 +129,7 @@ def test_a_row_that_goes_bad_fails_alone(stage, name):
 
 
 def test_a_static_batch_is_admitted_only_into_an_empty_engine(stage):
-    engine = semantic_engine(stage["models"]["semantic"], stage["settings"], 4, continuous=False)
+    engine = GptEngine(stage["models"]["semantic"], SemanticPolicy(stage["models"]["semantic"], stage["settings"]), 4, continuous=False)
     admissions = _semantic_admissions(stage)
     assert engine.room() == 4
     engine.admit(admissions[:2])

@@ -24,11 +24,11 @@ from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSa
 from workers.records import CoarseRequest, FineRequest, SemanticRequest
 from pipeline.voices import load_voice
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
-from workers.coarse import coarse_engine, flatten_coarse, unflatten_coarse
+from workers.coarse import CoarsePolicy, flatten_coarse, unflatten_coarse
 from workers.codec import decode_audio
-from workers.engine import Admission, run_to_completion
+from workers.engine import Admission, GptEngine, run_to_completion
 from workers.fine import FineEngine
-from workers.semantic import semantic_engine
+from workers.semantic import SemanticPolicy
 
 TEXTS = [
     "Hello.",
@@ -117,6 +117,11 @@ def _oracle_fine(tiny, coarse, voice):
     )[0].numpy()
 
 
+def _engine(tiny, stage: str, slots: int, attention: str = "sdpa", **options) -> GptEngine:
+    policy = {"semantic": SemanticPolicy, "coarse": CoarsePolicy}[stage]
+    return GptEngine(tiny["ours"][stage], policy(tiny["ours"][stage], tiny["settings"]), slots, attention, **options)
+
+
 def _drive(engine, admissions: list[Admission], arrivals: list[int]) -> dict:
     """Drives an engine the way its actor does, with chunks arriving over time:
     ``arrivals[i]`` chunks arrive before step ``i`` (the rest arrive at once after)."""
@@ -157,7 +162,7 @@ def test_semantic_greedy_matches_oracle(tiny, voices, slots, attention, continuo
     """Chunks join and leave the slots at different steps; each still gets the oracle's tokens."""
     sampling = SemanticSampling(temperature=GREEDY, min_eos_p=0.2, max_new_tokens=SEMANTIC_STEPS)
     requests = _semantic_requests(tiny, voices, TEXTS_LATE, 600, sampling)
-    engine = semantic_engine(tiny["ours"]["semantic"], tiny["settings"], slots, attention, continuous=continuous)
+    engine = _engine(tiny, "semantic", slots, attention, continuous=continuous)
     ours = _drive(engine, [Admission(i, r) for i, r in enumerate(requests)], [1, 0, 0, 2, 0, 1])
     assert sorted(ours) == list(range(len(requests))) and engine.cache.free == slots
     for i, request in enumerate(requests):
@@ -178,7 +183,7 @@ def test_coarse_greedy_matches_oracle(tiny, voices, slots, attention, continuous
         CoarseRequest(key=str(i), voice=voices[i % len(voices)], seed=700 + i, sampling=CoarseSampling(temperature=GREEDY))
         for i in range(len(semantic))
     ]
-    engine = coarse_engine(tiny["ours"]["coarse"], tiny["settings"], slots, attention, continuous=continuous)
+    engine = _engine(tiny, "coarse", slots, attention, continuous=continuous)
     admissions = [Admission(i, r, semantic[i]) for i, r in enumerate(requests)]
     ours = _drive(engine, admissions, [1, 0, 1, 0, 0, 0, 2])
     assert sorted(ours) == list(range(len(requests))) and engine.cache.free == slots
@@ -228,11 +233,11 @@ def test_chained_stages_match_oracle_end_to_end(tiny, voices):
     ids = tiny["tokenizer"].encode(TEXTS[1], add_special_tokens=False)
     semantic_sampling = SemanticSampling(temperature=GREEDY, min_eos_p=0.2, max_new_tokens=SEMANTIC_STEPS)
     semantic = run_to_completion(
-        semantic_engine(tiny["ours"]["semantic"], settings, 1),
+        _engine(tiny, "semantic", 1),
         [Admission(0, SemanticRequest(key="k", text_ids=ids, voice=voice, seed=1, sampling=semantic_sampling))]
     )[0].tokens
     coarse = run_to_completion(
-        coarse_engine(tiny["ours"]["coarse"], settings, 1),
+        _engine(tiny, "coarse", 1),
         [Admission(0, CoarseRequest(key="k", voice=voice, seed=2, sampling=CoarseSampling(temperature=GREEDY)), semantic)]
     )[0].tokens
     fine = run_to_completion(
@@ -258,10 +263,10 @@ def test_compiled_decode_step_matches_oracle(tiny, voices):
     settings = tiny["settings"]
     sampling = SemanticSampling(temperature=GREEDY, min_eos_p=0.2, max_new_tokens=32)
     requests = _semantic_requests(tiny, voices, TEXTS, 900, sampling)
-    engine = semantic_engine(tiny["ours"]["semantic"], settings, 2, "sdpa", decode_compile="torch_compile")
+    engine = _engine(tiny, "semantic", 2, decode_compile="torch_compile")
     semantic = _drive(engine, [Admission(i, r) for i, r in enumerate(requests)], [1, 0, 0, 1])
     coarse_requests = [CoarseRequest(key=r.key, voice=r.voice, seed=950 + i, sampling=CoarseSampling(temperature=GREEDY)) for i, r in enumerate(requests)]
-    engine = coarse_engine(tiny["ours"]["coarse"], settings, 2, "sdpa", decode_compile="torch_compile")
+    engine = _engine(tiny, "coarse", 2, decode_compile="torch_compile")
     coarse = _drive(engine, [Admission(i, r, semantic[i]) for i, r in enumerate(coarse_requests)], [1, 0, 0, 1])
     for i, (request, coarse_request) in enumerate(zip(requests, coarse_requests)):
         np.testing.assert_array_equal(semantic[i], _oracle_semantic(tiny, request.text_ids, request.voice, request.seed, sampling))
@@ -271,4 +276,4 @@ def test_compiled_decode_step_matches_oracle(tiny, voices):
 
 def test_cuda_graphs_without_a_gpu_is_refused(tiny):
     with pytest.raises(ValueError, match="cuda_graphs needs a GPU"):
-        semantic_engine(tiny["ours"]["semantic"], tiny["settings"], 2, "sdpa", decode_compile="cuda_graphs")
+        _engine(tiny, "semantic", 2, decode_compile="cuda_graphs")

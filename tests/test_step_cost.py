@@ -19,13 +19,13 @@ from torch.profiler import ProfilerActivity, profile
 from transformers.models.bark.generation_configuration_bark import BarkFineGenerationConfig
 
 from workers.checkpoints import load_settings_for, load_stage_model
-from workers.coarse import coarse_engine
+from workers.coarse import CoarsePolicy
 from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
-from workers.engine import Admission
+from workers.engine import Admission, GptEngine
 from workers.fine import FineEngine
 from workers.records import CoarseRequest, FineRequest, SemanticRequest
 from workers.sampler import seed_keys
-from workers.semantic import semantic_engine
+from workers.semantic import SemanticPolicy
 
 ROWS = (1, 8, 64)
 MOST_OPS_GROWTH = 1.2  # ops at 64 rows / ops at 1 row
@@ -78,7 +78,7 @@ def test_semantic_decode_step_cost_does_not_grow_with_rows(models):
     sampling = SemanticSampling(temperature=0.7, top_k=50, top_p=0.9, stop_at_eos=False, max_new_tokens=64)
     by_rows = {}
     for rows in ROWS:
-        engine = semantic_engine(stage_models["semantic"], settings, rows)
+        engine = GptEngine(stage_models["semantic"], SemanticPolicy(stage_models["semantic"], settings), rows)
         admissions = [Admission(i, SemanticRequest(key=str(i), text_ids=[5 + i, 7], seed=i, sampling=sampling)) for i in range(rows)]
         by_rows[rows] = _decode_step_counts(engine, admissions)
     _check("semantic", by_rows)
@@ -89,7 +89,7 @@ def test_coarse_decode_step_cost_does_not_grow_with_rows(models):
     rng = np.random.default_rng(0)
     by_rows = {}
     for rows in ROWS:
-        engine = coarse_engine(stage_models["coarse"], settings, rows)
+        engine = GptEngine(stage_models["coarse"], CoarsePolicy(stage_models["coarse"], settings), rows)
         admissions = [
             Admission(i, CoarseRequest(key=str(i), seed=i, sampling=CoarseSampling(top_k=100)), rng.integers(0, 10_000, 40))
             for i in range(rows)

@@ -18,12 +18,12 @@ import torch
 from pipeline.voices import load_voice
 from suno_reference import history, load_suno_models, suno_with_exact_draws
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
-from workers.coarse import coarse_engine
+from workers.coarse import CoarsePolicy
 from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
-from workers.engine import Admission, run_to_completion
+from workers.engine import Admission, GptEngine, run_to_completion
 from workers.fine import FineEngine
 from workers.records import CoarseRequest, FineRequest, SemanticRequest
-from workers.semantic import semantic_engine
+from workers.semantic import SemanticPolicy
 from workers.tiny_model import make_tiny_model
 
 TEXTS = [
@@ -66,7 +66,7 @@ def test_semantic_draws_and_stops_as_suno_does(both, voices, temperature, top_k,
         )
         for i, text in enumerate(TEXTS)
     ]
-    engine = semantic_engine(both["ours"]["semantic"], both["settings"], slots=3)
+    engine = GptEngine(both["ours"]["semantic"], SemanticPolicy(both["ours"]["semantic"], both["settings"]), slots=3)
     ours = run_to_completion(engine, [Admission(i, r) for i, r in enumerate(requests)])
     lengths = []
     for text, request, finished in zip(TEXTS, requests, ours):
@@ -88,7 +88,7 @@ def test_coarse_draws_as_suno_does(both, voices, temperature, top_k, top_p):
     semantic = [rng.integers(0, settings.semantic_vocab_size, n) for n in (5, 64, 23, 41)]
     sampling = CoarseSampling(temperature=temperature, top_k=top_k, top_p=top_p)
     requests = [CoarseRequest(key=str(i), voice=voices[i % len(voices)], seed=2000 + i, sampling=sampling) for i in range(len(semantic))]
-    engine = coarse_engine(both["ours"]["coarse"], settings, slots=2)
+    engine = GptEngine(both["ours"]["coarse"], CoarsePolicy(both["ours"]["coarse"], settings), slots=2)
     ours = run_to_completion(engine, [Admission(i, r, s) for i, (r, s) in enumerate(zip(requests, semantic))])
     for request, finished, tokens in zip(requests, ours, semantic):
         with suno_with_exact_draws(both["suno"], request.seed) as suno:

@@ -35,13 +35,13 @@ import torch
 from workers.batching import BatchQueue
 from workers.checkpoints import load_settings_for, load_stage_model
 from workers.codec import CodecEngine
-from workers.coarse import coarse_engine
+from workers.coarse import CoarsePolicy
 from workers.config import ModelConfig, StageConfig, StageName
-from workers.engine import Admission, Engine, Finished
+from workers.engine import Admission, Engine, Finished, GptEngine
 from workers.fine import FineEngine
 from workers.metrics import StageMetrics
 from workers.records import AudioOutput, BatchRecord, StageOutput, VoicePrompt
-from workers.semantic import semantic_engine
+from workers.semantic import SemanticPolicy
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SPANS_KEPT = 50_000  # forward-pass spans each replica remembers for stats()
@@ -240,6 +240,10 @@ class _GptWorker(StageWorker):
     def _by_length(self) -> bool:
         return not self.config.continuous
 
+    def _gpt_engine(self, policy) -> GptEngine:
+        c = self.config
+        return GptEngine(self.model, policy, c.batch_size, c.attn_implementation, c.decode_compile, continuous=c.continuous)
+
 
 @ray.remote
 class SemanticWorker(_GptWorker):
@@ -247,8 +251,7 @@ class SemanticWorker(_GptWorker):
     upstream = None
 
     def _build_engine(self) -> Engine:
-        c = self.config
-        return semantic_engine(self.model, self.settings, c.batch_size, c.attn_implementation, c.decode_compile, continuous=c.continuous)
+        return self._gpt_engine(SemanticPolicy(self.model, self.settings))
 
     def _length(self, pending: _Pending) -> int:
         return len(pending.request.text_ids)
@@ -260,8 +263,7 @@ class CoarseWorker(_GptWorker):
     upstream = "semantic"
 
     def _build_engine(self) -> Engine:
-        c = self.config
-        return coarse_engine(self.model, self.settings, c.batch_size, c.attn_implementation, c.decode_compile, continuous=c.continuous)
+        return self._gpt_engine(CoarsePolicy(self.model, self.settings))
 
 
 @ray.remote

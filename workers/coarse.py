@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.config import AttentionImpl, DecodeCompile
-from workers.engine import GptEngine, RowPlan
+from workers.engine import RowPlan
 from workers.records import CoarseRequest, VoicePrompt
 from workers.settings import BarkSettings
 
@@ -124,15 +123,3 @@ class CoarsePolicy:
     def result(self, context: _Chunk, generated: np.ndarray) -> np.ndarray:
         return unflatten_coarse(generated, self.settings)
 
-
-def coarse_engine(
-    model,
-    settings: BarkSettings,
-    slots: int,
-    attention: AttentionImpl = "sdpa",
-    decode_compile: DecodeCompile = "off",
-    *,
-    continuous: bool = True,
-) -> GptEngine:
-    """The slot engine with the coarse policy: results are (n_coarse_codebooks, frames) codebook ids."""
-    return GptEngine(model, CoarsePolicy(model, settings), slots, attention, decode_compile, continuous=continuous)

@@ -179,7 +179,7 @@ class GptEngine:
         model,
         policy: StagePolicy,
         slots: int,
-        attention: AttentionImpl,
+        attention: AttentionImpl = "sdpa",
         decode_compile: DecodeCompile = "off",
         *,
         continuous: bool = True,

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.config import AttentionImpl, DecodeCompile
-from workers.engine import GptEngine, RowPlan
+from workers.engine import RowPlan
 from workers.records import SemanticRequest
 from workers.settings import BarkSettings
 
@@ -83,15 +82,3 @@ class SemanticPolicy:
     def result(self, context: _Prompt, generated: np.ndarray) -> np.ndarray:
         return generated.copy()
 
-
-def semantic_engine(
-    model,
-    settings: BarkSettings,
-    slots: int,
-    attention: AttentionImpl = "sdpa",
-    decode_compile: DecodeCompile = "off",
-    *,
-    continuous: bool = True,
-) -> GptEngine:
-    """The slot engine with the semantic policy: results are (tokens,) int64, EOS left out."""
-    return GptEngine(model, SemanticPolicy(model, settings), slots, attention, decode_compile, continuous=continuous)
