@@ -46,7 +46,10 @@ LEASE_KEY = f"{BOOKKEEPING_DIR}/lease"
 RENEWALS_PER_EXPIRY = 4  # a holder renews this often within one expiry period
 # Takeover races (a lease released, or taken by a third job, between our read and our write).
 ACQUIRE_ATTEMPTS = 5
-MAX_RECORD_BYTES = 4096  # a record is ~200 bytes; anything far larger is not ours
+# A local record is padded to this size (JSON allows trailing spaces), so a rewrite never
+# changes the file's length and a reader never sees the tail of a longer old record.
+LOCAL_RECORD_BYTES = 1024
+MAX_RECORD_BYTES = 4096  # a record is ~250 bytes; anything far larger is not ours
 
 
 class LeaseRecord(BaseModel):
@@ -204,7 +207,7 @@ class _LocalLease(Lease):
             raise
 
     def _write(self) -> None:
-        data = self.record.model_dump_json().encode("utf-8")
+        data = self.record.model_dump_json().encode("utf-8").ljust(LOCAL_RECORD_BYTES)
         try:
             os.pwrite(self._fd, data, 0)
             os.ftruncate(self._fd, len(data))
