@@ -202,8 +202,8 @@ class _LocalLease(Lease):
             self._fd = fd
             self._write()
         except BaseException:
-            if self._fd is None:
-                os.close(fd)
+            self._fd = None
+            os.close(fd)  # drops the lock if this process took it
             raise
 
     def _write(self) -> None:
