@@ -146,6 +146,9 @@ class Lease:
         self.release()
 
     # Backends fill these in.
+    def _acquire(self) -> None:
+        raise NotImplementedError
+
     def _renew(self) -> None:
         raise NotImplementedError
 

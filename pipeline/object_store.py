@@ -319,7 +319,9 @@ class S3Storage:
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
-        return self._get(key)["Body"].read()
+        body = self._get(key)["Body"]
+        with self._errors("download", key):
+            return body.read()
 
     def _get(self, key: str) -> dict:
         """GetObject, with a missing object (or one that could not exist) as ObjectNotFound."""
@@ -372,7 +374,8 @@ class S3Storage:
     def read_tagged(self, key: str) -> TaggedObject:
         """The object, its ETag, and its age from the server's own clock (no clock skew between hosts)."""
         response = self._get(key)
-        data = response["Body"].read()
+        with self._errors("download", key):
+            data = response["Body"].read()
         server_now = _server_time(response)
         age = max(0.0, server_now - response["LastModified"].timestamp())
         return TaggedObject(data=data, etag=response["ETag"], age_s=age)
