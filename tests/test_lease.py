@@ -197,7 +197,7 @@ def test_a_local_lease_whose_file_is_removed_is_lost(tmp_path):
 
 
 def _take_in_process(output: str, start, results) -> None:
-    start.wait()
+    start.wait()  # every taker (and the test) has imported everything and stands at the line
     try:
         lease = take_lease(LocalStore(output), new_run_id(), LeaseConfig())
     except LeaseHeld:
@@ -211,12 +211,11 @@ def _take_in_process(output: str, start, results) -> None:
 def test_of_many_processes_exactly_one_takes_a_local_lease(tmp_path):
     """flock, not a per-process lock: separate processes, started together, one winner."""
     context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
+    start, results = context.Barrier(TAKERS + 1), context.Queue()
     takers = [context.Process(target=_take_in_process, args=(str(tmp_path / "out"), start, results)) for _ in range(TAKERS)]
     for process in takers:
         process.start()
-    time.sleep(2.0)  # let every process import and reach the start line
-    start.set()
+    start.wait(timeout=120)
     outcomes = Counter(results.get(timeout=120) for _ in takers)
     for process in takers:
         process.join(timeout=60)
