@@ -38,9 +38,12 @@ ROWS = [
     {"id": "deep", "text": "Deep metadata.", "meta": DEEP},
     GOOD[1],
 ]
+# Metadata too deep for JSON fails when it is written, or earlier where the reader checks
+# nesting against limits.max_metadata_depth: either way, that row alone.
+TOO_DEEP = ("metadata: cannot be written as JSON", "nests deeper than")
 FAILS = {
-    "local": {LONG_ID: "File name too long", "deep": "metadata: cannot be written as JSON"},
-    "s3": {LONG_ID: "over S3's 1024", "deep": "metadata: cannot be written as JSON"},
+    "local": {LONG_ID: ("File name too long",), "deep": TOO_DEEP},
+    "s3": {LONG_ID: ("over S3's 1024",), "deep": TOO_DEEP},
 }
 
 
@@ -65,7 +68,7 @@ def test_each_bad_row_fails_alone_with_one_line_and_the_job_goes_on(ray_session,
     if where == "local":
         for pair in COLLIDING:
             [second] = [item_id for item_id in pair if records[item_id]["status"] == "failed"]
-            failing[second] = f"storage: cannot write {item_key(second)}.wav in "
+            failing[second] = (f"storage: cannot write {item_key(second)}.wav in ",)
     assert f"{len(ROWS) - len(failing)} ok, {len(failing)} failed" in captured.out
     for item_id, record in records.items():
         key = item_key(item_id)
@@ -74,7 +77,7 @@ def test_each_bad_row_fails_alone_with_one_line_and_the_job_goes_on(ray_session,
             assert store.exists(f"{key}.wav") and store.exists(f"{key}.json")
             continue
         reason = record["error"]
-        assert record["status"] == "failed" and failing[item_id] in reason and "\n" not in reason
+        assert record["status"] == "failed" and any(f in reason for f in failing[item_id]) and "\n" not in reason
         assert "/" not in item_id or item_id == LONG_ID or any(r in reason for r in COLLISION_REASONS)
         assert f"FAILED  {item_id}: {reason}" in captured.err
         assert len(reason) < 400  # the 5,000-character key is shortened in the message
