@@ -64,13 +64,15 @@ class BaselineRun:
 class TransformersBark:
     """``BarkModel`` loaded by transformers from the benchmark's checkpoint directory."""
 
-    def __init__(self, checkpoint: str, device: str, dtype: str) -> None:
+    def __init__(self, checkpoint: str, device: str, dtype: str, attn_implementation: str = "eager") -> None:
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[dtype] if self.device.type == "cuda" else torch.float32
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # load reports, deprecation notes per generate call
         self._restore_verbosity = lambda: transformers_logging.set_verbosity(verbosity)
-        self.model = BarkModel.from_pretrained(checkpoint, dtype=self.dtype).to(self.device).eval()
+        # transformers' Bark has eager and flash_attention_2 attention, no sdpa.
+        self.model = BarkModel.from_pretrained(checkpoint, dtype=self.dtype, attn_implementation=attn_implementation)
+        self.model = self.model.to(self.device).eval()
         self.sample_rate = int(self.model.generation_config.sample_rate)
         semantic = self.model.generation_config.semantic_config
         self.text_width = int(semantic["max_input_semantic_length"])

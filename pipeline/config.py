@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.config import ModelConfig, SamplingSet, StageConfig, StageName, Strict  # the stage-facing parts
 from workers.errors import UserError
@@ -30,10 +30,12 @@ class StagesConfig(Strict):
 
 
 class TextConfig(Strict):
-    """Chunk budget: each chunk stays inside Bark's ~13 s window (and never over 256 text tokens)."""
+    """Chunk budget: each chunk stays inside Bark's ~13 s window, and inside the semantic
+    model's text window (``max_input_semantic_length``, 256 tokens; checked against the
+    checkpoint when the job starts)."""
 
     max_chars: int = Field(default=220, ge=1)
-    max_tokens: int = Field(default=200, ge=1, le=256)
+    max_tokens: int = Field(default=200, ge=1)
     language: str = Field(
         default="auto", description="ISO 639-1 code for the sentence splitter; 'auto' guesses from the script"
     )
@@ -74,6 +76,47 @@ class InputConfig(Strict):
     """How dataset inputs (JSONL, CSV, Parquet) map to items."""
 
     columns: ColumnsConfig = ColumnsConfig()
+
+
+# The metadata JSON writer (pydantic) refuses values nested ~250 deep; stay well under it.
+MAX_METADATA_DEPTH = 200
+
+
+class LimitsConfig(Strict):
+    """Bounds on what one input may make the driver read or hold.
+
+    Sizes are checked before anything is read or inflated (a file's size, a zip
+    member's declared size, a line read at most this far), so a small hostile
+    file cannot take the driver's memory. An item over a bound fails alone,
+    with the bound's name; a whole input over one fails once. Sizes take units:
+    ``16MiB``, ``1GB``.
+    """
+
+    max_item_chars: int = Field(
+        default=1_000_000, ge=1, description="characters of one item's text (about 18 hours of speech)"
+    )
+    max_item_bytes: ByteSize = Field(
+        default=ByteSize(16 << 20),
+        gt=0,
+        description="bytes one item is read from: a .txt/.md file, one dataset line or row (after gunzip)",
+    )
+    max_epub_bytes: ByteSize = Field(
+        default=ByteSize(128 << 20), gt=0, description="all files of one EPUB together, inflated"
+    )
+    max_voice_bytes: ByteSize = Field(
+        default=ByteSize(8 << 20), gt=0, description="the arrays of one voice .npz, inflated (a preset is ~50 KB)"
+    )
+    max_compression_ratio: int = Field(
+        default=100,
+        ge=1,
+        description="inflated/compressed size of a zip member over 1 MiB (text compresses ~5x; zip bombs ~1000x)",
+    )
+    max_metadata_depth: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_METADATA_DEPTH,
+        description="nesting of objects and arrays in an item's metadata (front matter, extra columns)",
+    )
 
 
 S3_MIN_PART_MB = 5  # S3 refuses multipart parts under 5 MiB (but the last)
@@ -199,6 +242,7 @@ class JobConfig(Strict):
     stages: StagesConfig = StagesConfig()
     sampling: SamplingSet = SamplingSet()
     input: InputConfig = InputConfig()
+    limits: LimitsConfig = LimitsConfig()
     s3: S3Config = Field(default_factory=lambda: S3Config(), description="for s3:// inputs and outputs")
     text: TextConfig = TextConfig()
     output: OutputConfig = OutputConfig()
@@ -207,6 +251,14 @@ class JobConfig(Strict):
     ray: RayConfig = RayConfig()
     placement: PlacementConfig = PlacementConfig()
     voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")
+    voices_dir: Path | None = Field(
+        default=None,
+        description="where an item's own voice files are (relative to this config's folder): an item naming "
+        "`narrator.npz` gets <voices_dir>/narrator.npz; nothing outside it",
+    )
+    allow_voice_paths: bool = Field(
+        default=False, description="let items name any .npz path on the driver, not only presets and voices_dir"
+    )
     voice_mode: VoiceMode = Field(
         default="fixed",
         description="fixed: every chunk uses the item's voice (chunks run in parallel); "
@@ -250,6 +302,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
 
 
 def _resolve_relative_paths(config: JobConfig, base: Path) -> JobConfig:
+    if config.voices_dir is not None:
+        voices_dir = config.voices_dir.expanduser()
+        config = config.model_copy(update={"voices_dir": voices_dir if voices_dir.is_absolute() else (base / voices_dir).resolve()})
     source = config.model.source
     if source.startswith((".", "/")) or (base / source).exists():
         candidate = Path(source) if Path(source).is_absolute() else (base / source).resolve()

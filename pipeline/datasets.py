@@ -42,6 +42,7 @@ import json
 import os
 import re
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -53,9 +54,16 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow.parquet as pq
 
-from pipeline.config import ColumnsConfig, S3Config
+from pipeline.config import ColumnsConfig, LimitsConfig, S3Config
 from pipeline.object_store import S3Storage
-from pipeline.sources import Item, ItemError
+from pipeline.sources import (
+    Item,
+    ItemError,
+    SourceError,
+    SourceNotFoundError,
+    SourceUnavailableError,
+    plain_metadata,
+)
 from workers.errors import UserError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -65,9 +73,10 @@ CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 # Rows per Parquet record batch: a few MB of text at most, read and dropped in turn.
 PARQUET_BATCH_ROWS = 1024
-# csv's own limit (128 Ki characters) is smaller than one long chapter in a cell.
-# The limit also bounds what one stray quote can swallow (see _csv_items).
-MAX_CSV_FIELD_CHARS = 16 << 20
+# check_columns looks at this many JSONL objects: enough that one bad row cannot fail the file.
+JSONL_SCHEMA_ROWS = 20
+# A line longer than limits.max_item_bytes is skipped a MiB at a time, never held whole.
+_SKIP_PIECE_BYTES = 1 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
 
 HF_PREFIX = "hf:"
@@ -101,11 +110,11 @@ class HFSpec:
 
 
 def parse_hf_spec(uri: str) -> HFSpec:
-    """The parts of ``hf:NAME[:CONFIG][@SPLIT]``; a ValueError naming the syntax for anything else."""
+    """The parts of ``hf:NAME[:CONFIG][@SPLIT]``; a SourceError naming the syntax for anything else."""
     match = _HF_SPEC.fullmatch(uri)
     parts = match.groupdict() if match else {}
     if not match or any(p is not None and (not p.strip() or p != p.strip()) for p in parts.values()):
-        raise ValueError(
+        raise SourceError(
             f"source {uri}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:user/stories or hf:user/stories:en@test"
         )
     return HFSpec(parts["name"], parts["config"], parts["split"])
@@ -149,6 +158,7 @@ def iter_dataset_items(
     columns: ColumnsConfig | None = None,
     *,
     s3: S3Config | None = None,
+    limits: LimitsConfig | None = None,
 ) -> Iterator[Item | ItemError]:
     """Items of a dataset file, one per row in file order, read lazily.
 
@@ -161,30 +171,124 @@ def iter_dataset_items(
     line) or ``row N`` (CSV/Parquet/Hugging Face, the N-th data row) when the
     row's own id cannot be read. ``uri`` may also be a Hugging Face dataset:
     ``hf:NAME[:CONFIG][@SPLIT]`` or a ``save_to_disk`` folder (see the module
-    docstring).
+    docstring). ``limits`` bounds one line or row (``max_item_bytes``, after
+    gunzip) and the nesting of a row's metadata; a truncated or corrupt ``.gz``
+    gives its rows up to the damage, then one error naming the file.
     """
     uri = os.fspath(uri)
     columns = columns or ColumnsConfig()
+    limits = limits or LimitsConfig()
     hf = _hf_source(uri)
     if hf is not None:
-        yield from _hf_items(hf, uri, columns)
+        yield from _hf_items(hf, uri, columns, limits)
         return
     kind = _format(uri)
     if kind is None:
-        raise ValueError(
+        raise SourceError(
             f"source {uri}: not a dataset; expected one of {', '.join(FORMATS)} "
             f"({', '.join(s for s, k in FORMATS.items() if k in COMPRESSIBLE)} optionally {GZIP_SUFFIX}), "
             f"{HF_PREFIX}NAME[:CONFIG][@SPLIT], or a folder saved by datasets' save_to_disk"
         )
     if kind == "parquet":
         with _random_access_path(uri, s3) as path:
-            yield from _parquet_items(path, uri, columns)
+            yield from _parquet_items(path, uri, columns, limits)
         return
     with _open_stream(uri, s3) as stream:
         if kind == "jsonl":
-            yield from _jsonl_items(stream, columns)
+            yield from _jsonl_items(stream, uri, columns, limits)
         else:
-            yield from _csv_items(stream, CSV_DELIMITERS[kind], uri, columns)
+            yield from _csv_items(stream, CSV_DELIMITERS[kind], uri, columns, limits)
+
+
+def check_columns(
+    uri: str | os.PathLike,
+    columns: ColumnsConfig | None = None,
+    *,
+    s3: S3Config | None = None,
+    limits: LimitsConfig | None = None,
+) -> list[str]:
+    """The dataset's column names, read from its schema alone; a ``SourceError`` in one
+    line naming each configured column it lacks (id, text, listed extras) and the
+    columns it has.
+
+    For the CLI to call before Ray starts and the models load: a dataset without
+    its text column then fails once, in a second, not row by row afterwards. What
+    is read: a Parquet file's footer (an S3 object is downloaded first, as for
+    reading it), a CSV/TSV's header line, a Hugging Face dataset's features (the
+    first rows of a stream whose features are not declared), and for JSONL the
+    keys of its first ``JSONL_SCHEMA_ROWS`` objects (a column counts as present
+    when any of them has it: one bad row must not fail the file). An empty
+    dataset has no columns to lack and passes.
+    """
+    uri = os.fspath(uri)
+    columns = columns or ColumnsConfig()
+    limits = limits or LimitsConfig()
+    hf = _hf_source(uri)
+    if hf is not None:
+        names = _hf_column_names(hf, uri)
+    else:
+        kind = _format(uri)
+        if kind is None:
+            raise SourceError(f"source {uri}: not a dataset (see iter_dataset_items for the formats read)")
+        if kind == "parquet":
+            with _random_access_path(uri, s3) as path:
+                names = _parquet_column_names(path, uri)
+        else:
+            with _open_stream(uri, s3) as stream:
+                if kind == "jsonl":
+                    names = _jsonl_keys(stream, uri, columns, limits)
+                else:
+                    lines = _CsvLines(stream, limits.max_item_bytes)
+                    names = _csv_header(csv.reader(lines, delimiter=CSV_DELIMITERS[kind]), lines, uri) or []
+    if names:
+        _check_columns(names, uri, columns)
+    return names
+
+
+def _jsonl_keys(stream: BinaryIO, uri: str, columns: ColumnsConfig, limits: LimitsConfig) -> list[str]:
+    """The keys of the first ``JSONL_SCHEMA_ROWS`` objects, in first-seen order; lines that
+    are not JSON objects are passed over (they fail as rows). A column missing from all
+    of them is a SourceError naming how many rows were looked at."""
+    keys: dict[str, None] = {}
+    seen = 0
+    for raw in _bounded_lines(stream, limits.max_item_bytes):
+        if seen == JSONL_SCHEMA_ROWS or isinstance(raw, _Broken):
+            break
+        if isinstance(raw, _LongLine) or not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.removeprefix(UTF8_BOM).decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict):
+            seen += 1
+            keys.update(dict.fromkeys(row))
+    required = [columns.id, columns.text, *(columns.extra if columns.extra != "*" else [])]
+    missing = [name for name in required if name not in keys]
+    if seen and missing:
+        raise SourceError(
+            f"source {uri}: no column {', '.join(map(repr, missing))} in its first {seen} rows; "
+            f"they have {', '.join(map(repr, keys))}"
+        )
+    return list(keys)
+
+
+def _parquet_column_names(path: str, uri: str) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid: not a Parquet file, corrupt footer
+        raise SourceError(f"source {uri}: cannot read Parquet: {_reason(exc)}") from None
+
+
+def _hf_column_names(spec: HFSpec, uri: str) -> list[str]:
+    dataset = _open_hf(spec, uri)
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    try:  # a stream whose features are known only once read: its first row says
+        first = next(iter(dataset.with_format("arrow").iter(batch_size=1)), None)
+    except Exception as exc:  # a download or a data file failing
+        raise _hf_error(uri, exc) from None
+    return [] if first is None else list(first.column_names)
 
 
 # --- formats ----------------------------------------------------------------------
@@ -201,10 +305,16 @@ def _format(uri: str) -> str | None:
     return None
 
 
-def _jsonl_items(stream: BinaryIO, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+def _jsonl_items(stream: BinaryIO, uri: str, columns: ColumnsConfig, limits: LimitsConfig) -> Iterator[Item | ItemError]:
     """One JSON object per line; each line is decoded on its own, so bad bytes fail only their line."""
-    for n, raw in enumerate(stream, start=1):
+    for n, raw in enumerate(_bounded_lines(stream, limits.max_item_bytes), start=1):
         where = f"line {n}"
+        if isinstance(raw, _LongLine):
+            yield ItemError(where, "line", f"longer than limits.max_item_bytes ({limits.max_item_bytes} bytes)")
+            continue
+        if isinstance(raw, _Broken):
+            yield ItemError(where, "file", f"{uri} breaks off after line {n - 1} ({raw.reason}); the lines after it cannot be read")
+            return
         if n == 1:
             raw = raw.removeprefix(UTF8_BOM)
         if not raw.strip():
@@ -225,7 +335,7 @@ def _jsonl_items(stream: BinaryIO, columns: ColumnsConfig) -> Iterator[Item | It
         if not isinstance(row, dict):
             yield ItemError(where, "line", f"must be a JSON object, got {_kind(row)}")
             continue
-        yield _row_item(row, where, columns)
+        yield _row_item(row, where, columns, limits)
 
 
 def _best_effort_id(raw: bytes, columns: ColumnsConfig) -> str | None:
@@ -239,7 +349,9 @@ def _best_effort_id(raw: bytes, columns: ColumnsConfig) -> str | None:
     return str(row[columns.id])
 
 
-def _csv_items(stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+def _csv_items(
+    stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfig, limits: LimitsConfig
+) -> Iterator[Item | ItemError]:
     """Rows under a header line, read with the csv module from lines decoded one by one.
 
     Each line is decoded with ``surrogateescape``: bytes that are not UTF-8 stay
@@ -247,18 +359,14 @@ def _csv_items(stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfi
     delimiter, so the row still splits right and fails alone, named by the
     column that holds them. The limit is the csv format itself: a stray
     opening quote makes everything up to the next quote (at most
-    ``MAX_CSV_FIELD_CHARS``) one field, so several lines become one row.
+    ``limits.max_item_bytes`` characters) one field, so several lines become one row.
     """
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
-    reader = csv.reader(_decoded_lines(stream), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise ValueError(f"source {uri}: header is not valid CSV: {exc}") from None
+    csv.field_size_limit(max(csv.field_size_limit(), int(limits.max_item_bytes)))
+    lines = _CsvLines(stream, limits.max_item_bytes)
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = _csv_header(reader, lines, uri)
     if header is None:
         return  # an empty file is an empty dataset
-    if any(_unencodable(name) for name in header):
-        raise ValueError(f"source {uri}: header is not valid UTF-8")
     _check_columns(header, uri, columns)
     n = 0
     while True:
@@ -270,6 +378,14 @@ def _csv_items(stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfi
             n += 1
             yield ItemError(f"row {n}", "row", f"not valid CSV: {exc}")
             continue
+        except _LineTooLong:
+            n += 1
+            yield ItemError(f"row {n}", "row", f"has a line longer than limits.max_item_bytes ({limits.max_item_bytes} bytes)")
+            continue
+        except _StreamBroken:
+            n += 1
+            yield ItemError(f"row {n}", "file", f"{uri} breaks off after row {n - 1} ({lines.broken}); the rows after it cannot be read")
+            return
         if not cells:
             continue  # a blank line
         n += 1
@@ -279,22 +395,112 @@ def _csv_items(stream: BinaryIO, delimiter: str, uri: str, columns: ColumnsConfi
             where = f"row {n}" if _id_problem(item_id, columns.id) else item_id
             yield ItemError(where, "row", f"has {len(cells)} fields where the header has {len(header)}")
             continue
-        yield _row_item(row, f"row {n}", columns)
+        yield _row_item(row, f"row {n}", columns, limits)
 
 
-def _decoded_lines(stream: BinaryIO) -> Iterator[str]:
-    for n, raw in enumerate(stream):
-        if n == 0:
-            raw = raw.removeprefix(UTF8_BOM)
-        yield raw.decode("utf-8", "surrogateescape")
+def _csv_header(reader, lines: _CsvLines, uri: str) -> list[str] | None:
+    """The column names of a CSV reader's first row; None for an empty file."""
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise SourceError(f"source {uri}: header is not valid CSV: {exc}") from None
+    except _LineTooLong:
+        raise SourceError(f"source {uri}: header is longer than limits.max_item_bytes") from None
+    except _StreamBroken:
+        raise SourceError(f"source {uri}: breaks off in its header ({lines.broken})") from None
+    if header is not None and any(_unencodable(name) for name in header):
+        raise SourceError(f"source {uri}: header is not valid UTF-8")
+    return header
 
 
-def _parquet_items(path: str, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+# --- lines, within bounds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LongLine:
+    """A line longer than the limit: read on to its end in bounded pieces and dropped."""
+
+
+@dataclass(frozen=True)
+class _Broken:
+    """Where a stream breaks off (a truncated or corrupt ``.gz``, a read error), and why."""
+
+    reason: str
+
+
+def _bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | _LongLine | _Broken]:
+    """The lines of ``stream``, none read into memory past ``limit`` bytes.
+
+    A gzip stream can inflate a few KB into a line of gigabytes, so each line is
+    read at most ``limit`` bytes at a time; a longer one comes as ``_LongLine``.
+    A stream that breaks off ends with ``_Broken`` in place of its partial last
+    line: every line before the damage is whole, and read as usual.
+    """
+    while True:
+        try:
+            line = stream.readline(limit + 1)
+            if len(line) > limit and not line.endswith(b"\n"):
+                while (piece := stream.readline(_SKIP_PIECE_BYTES)) and not piece.endswith(b"\n"):
+                    pass
+                yield _LongLine()
+                continue
+            if not line.endswith(b"\n") and stream.readline(1):  # the end, but only if the stream says so
+                raise EOFError("a line was cut short")
+        except (EOFError, OSError, zlib.error) as exc:
+            yield _Broken(_reason(exc))
+            return
+        if not line:
+            return
+        yield line
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line (an OSError's own words), or its kind."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class _LineTooLong(Exception):
+    """Raised through the csv reader for a ``_LongLine``; the reader goes on with the next line."""
+
+
+class _StreamBroken(Exception):
+    """Raised through the csv reader for a ``_Broken`` stream; nothing follows it."""
+
+
+class _CsvLines:
+    """Decoded lines for the csv module, from ``_bounded_lines``.
+
+    An iterator class rather than a generator: it raises for a line too long and
+    still gives the next line afterwards (the csv reader starts a new row then).
+    """
+
+    def __init__(self, stream: BinaryIO, limit: int):
+        self._lines = _bounded_lines(stream, limit)
+        self._first = True
+        self.broken: str | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        if isinstance(raw, _LongLine):
+            raise _LineTooLong
+        if isinstance(raw, _Broken):
+            self.broken = raw.reason
+            raise _StreamBroken
+        if self._first:
+            raw, self._first = raw.removeprefix(UTF8_BOM), False
+        return raw.decode("utf-8", "surrogateescape")
+
+
+def _parquet_items(path: str, uri: str, columns: ColumnsConfig, limits: LimitsConfig) -> Iterator[Item | ItemError]:
     """Rows one record batch at a time, reading only the columns that are used."""
     try:
         file = pq.ParquetFile(path)
     except ValueError as exc:  # pyarrow's ArrowInvalid: not a Parquet file, corrupt footer
-        raise ValueError(f"source {uri}: cannot read Parquet: {exc}") from None
+        raise SourceError(f"source {uri}: cannot read Parquet: {exc}") from None
     with file:
         names = file.schema_arrow.names
         _check_columns(names, uri, columns)
@@ -302,7 +508,7 @@ def _parquet_items(path: str, uri: str, columns: ColumnsConfig) -> Iterator[Item
         for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=_wanted_columns(names, columns)):
             for row in batch.to_pylist():
                 n += 1
-                yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns)
+                yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _wanted_columns(names: list[str], columns: ColumnsConfig) -> list[str] | None:
@@ -329,11 +535,11 @@ def _check_columns(names: list[str], uri: str, columns: ColumnsConfig) -> None:
     """A header that lacks a configured column fails the whole file before any row."""
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise ValueError(f"source {uri}: column names appear twice: {', '.join(duplicates)}")
+        raise SourceError(f"source {uri}: column names appear twice: {', '.join(duplicates)}")
     required = [columns.id, columns.text, *(columns.extra if columns.extra != "*" else [])]
     missing = [name for name in required if name not in names]
     if missing:
-        raise ValueError(
+        raise SourceError(
             f"source {uri}: no column {', '.join(map(repr, missing))}; it has {', '.join(map(repr, names))}"
         )
 
@@ -341,7 +547,7 @@ def _check_columns(names: list[str], uri: str, columns: ColumnsConfig) -> None:
 # --- one row ----------------------------------------------------------------------
 
 
-def _row_item(row: Mapping, where: str, columns: ColumnsConfig) -> Item | ItemError:
+def _row_item(row: Mapping, where: str, columns: ColumnsConfig, limits: LimitsConfig) -> Item | ItemError:
     """The item of one row, or the first reason it cannot be one. ``where`` names a row without an id."""
     problem = _id_problem(row.get(columns.id), columns.id)
     if problem:
@@ -377,6 +583,10 @@ def _row_item(row: Mapping, where: str, columns: ColumnsConfig) -> Item | ItemEr
     for name, value in extra.items():
         if isinstance(value, str) and _unencodable(value):
             return ItemError(item_id, name, f"{name!r} is not valid UTF-8")
+        # Checked now, not when the item's metadata is written after its audio is made.
+        problem = plain_metadata({name: value}, limits.max_metadata_depth)
+        if isinstance(problem, str):
+            return ItemError(item_id, name, problem)
     return _make_item(id=item_id, text=text, voice=voice, params=params, extra=extra)
 
 
@@ -438,7 +648,7 @@ def _hf_source(uri: str) -> HFSpec | None:
         if _saved_kind(Path(spec.name)) is None:
             return spec
         if spec.config is not None:
-            raise ValueError(f"source {uri}: a folder saved by save_to_disk has no configs; use {HF_PREFIX}FOLDER[@SPLIT]")
+            raise SourceError(f"source {uri}: a folder saved by save_to_disk has no configs; use {HF_PREFIX}FOLDER[@SPLIT]")
         return HFSpec(spec.name, None, spec.split, on_disk=True)
     saved = _saved_dataset(uri)
     return None if saved is None else HFSpec(str(saved[0]), None, saved[1], on_disk=True)
@@ -491,7 +701,7 @@ def _open_hf(spec: HFSpec, uri: str):
         raise _hf_error(uri, exc) from None
     if not isinstance(loaded, Mapping):  # one split already
         if spec.split is not None and spec.on_disk:
-            raise ValueError(f"source {uri}: this saved Dataset has no splits; leave out @{spec.split}")
+            raise SourceError(f"source {uri}: this saved Dataset has no splits; leave out @{spec.split}")
         return loaded
     splits = list(loaded)
     split = spec.split
@@ -501,13 +711,13 @@ def _open_hf(spec: HFSpec, uri: str):
         elif HF_DEFAULT_SPLIT in splits:
             split = HF_DEFAULT_SPLIT
         else:
-            raise ValueError(f"source {uri}: pick a split with @SPLIT; it has {', '.join(map(repr, splits))}")
+            raise SourceError(f"source {uri}: pick a split with @SPLIT; it has {', '.join(map(repr, splits))}")
     if split not in loaded:
-        raise ValueError(f"source {uri}: no split {split!r}; it has {', '.join(map(repr, splits))}")
+        raise SourceError(f"source {uri}: no split {split!r}; it has {', '.join(map(repr, splits))}")
     return loaded[split]
 
 
-def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig) -> Iterator[Item | ItemError]:
+def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig, limits: LimitsConfig) -> Iterator[Item | ItemError]:
     """Rows one Arrow batch at a time, as stored (no feature decoding), only the columns used."""
     dataset = _open_hf(spec, uri)
     names = dataset.column_names  # None for a stream whose features are known only once read
@@ -530,7 +740,7 @@ def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig) -> Iterator[Item |
             _check_columns(names, uri, columns)
         for row in table.to_pylist():
             n += 1
-            yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns)
+            yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _hf_error(uri: str, exc: Exception) -> Exception:
@@ -540,10 +750,10 @@ def _hf_error(uri: str, exc: Exception) -> Exception:
         message = message[: HF_MESSAGE_CHARS - 3] + "..."
     text = f"source {uri}: {message}"
     if isinstance(exc, FileNotFoundError):
-        return FileNotFoundError(text)
+        return SourceNotFoundError(text)
     if isinstance(exc, OSError):  # ConnectionError: the hub cannot be reached (or HF_HUB_OFFLINE)
-        return OSError(text)
-    return ValueError(text)
+        return SourceUnavailableError(text)
+    return SourceError(text)
 
 
 # --- opening local files and S3 objects -------------------------------------------
@@ -556,14 +766,14 @@ def _split_s3(uri: str) -> tuple[str, str] | None:
         return None
     key = parsed.path.lstrip("/")
     if not parsed.netloc or not key:
-        raise ValueError(f"source {uri}: an S3 URI needs a bucket and a key: s3://bucket/key")
+        raise SourceError(f"source {uri}: an S3 URI needs a bucket and a key: s3://bucket/key")
     return parsed.netloc, key
 
 
 def _local_path(uri: str) -> Path:
     path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
     if not path.is_file():
-        raise FileNotFoundError(f"source {uri}: no such file")
+        raise SourceNotFoundError(f"source {uri}: no such file")
     return path
 
 

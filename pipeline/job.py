@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
-from pipeline.config import ItemParams, JobConfig, VoiceMode
+from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
 from workers.config import SamplingSet
 from pipeline.idset import DiskIdSet
 from pipeline.metrics import JobMetrics
@@ -38,7 +38,7 @@ from pipeline.storage import item_key, remove_temp_files
 from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
 from pipeline.text import TextChunk, detect_language, make_chunks
 from pipeline.tokens import voice_npz_bytes
-from pipeline.voices import VoiceError, load_voice
+from pipeline.voices import VoiceError, load_item_voice, load_voice
 from workers.checkpoints import load_settings_for, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,13 @@ class NarrationJob:
         total_items: int | None = None,
     ) -> None:
         self.config = config
+        self.settings = load_settings_for(config.model)
+        window = self.settings.semantic.max_input_semantic_length
+        if config.text.max_tokens > window:
+            raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
         self.retry_failed = retry_failed
         self.progress = Progress(quiet=quiet, total_items=total_items)
         self.tokenizer = load_tokenizer(config.model)
-        self.settings = load_settings_for(config.model)
         self.default_voice = self._load_voice(config.voice) if config.voice else None
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(
             lambda text: tuple(self.tokenizer.encode(text, add_special_tokens=False))
@@ -166,7 +169,14 @@ class NarrationJob:
         self.stop_requested = True
 
     def _load_voice(self, spec: str) -> VoicePrompt:
-        return load_voice(spec, self.settings)
+        return load_voice(spec, self.settings, self.config.limits)
+
+    def _load_item_voice(self, spec: str) -> VoicePrompt:
+        """An item's own voice: a preset or a file in ``voices_dir``, unless the job allows any path."""
+        config = self.config
+        return load_item_voice(
+            spec, self.settings, config.limits, voices_dir=config.voices_dir, allow_paths=config.allow_voice_paths
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.token_ids(text))
@@ -255,6 +265,9 @@ class NarrationJob:
             return self._fail(item.id, f"{item.field}: {item.message}")
         if not self.seen_ids.add(item.id):
             return self._fail(item.id, "id: duplicate item id in the input")
+        max_chars = self.config.limits.max_item_chars
+        if len(item.text) > max_chars:
+            return self._fail(item.id, f"text: {len(item.text)} characters, over limits.max_item_chars ({max_chars})")
         try:
             params = ItemParams.model_validate(item.params or {})
             sampling = _merged_sampling(self.config.sampling, params)
@@ -263,7 +276,7 @@ class NarrationJob:
             return self._fail(item.id, f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
         spec = params.voice or item.voice
         try:
-            voice = self._load_voice(spec) if spec else self.default_voice
+            voice = self._load_item_voice(spec) if spec else self.default_voice
         except VoiceError as exc:
             return self._fail(item.id, f"voice: {exc}")
         language = self.config.text.language
@@ -378,7 +391,7 @@ class NarrationJob:
                 if fine.tokens.shape[-1] == 0:
                     continue  # a chunk that ended at once has no tokens to reuse as a voice
                 name = files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
-                objects[name] = voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens)
+                objects[name] = voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens, self.settings)
         files["metadata"] = f"{key}.json"
         duration = len(audio) / rate
         metadata = ItemMetadata(

@@ -8,17 +8,22 @@ one bad file must not stop a job that has hours of good ones.
 Structure reaches the text front end in the text itself: a blank line between
 paragraphs and a form feed (``pipeline.text.CHAPTER_BREAK``) before a chapter,
 which is what a Markdown heading becomes. An EPUB gives one item per chapter.
+
+Nothing is read past ``LimitsConfig``'s bounds: a text file no further than
+``max_item_bytes``, an EPUB only after its declared inflated sizes pass.
 """
 
 from __future__ import annotations
 
+import datetime
 import posixpath
 import re
-from collections import Counter
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote
 
 import ebooklib
@@ -26,7 +31,12 @@ import yaml
 from ebooklib import epub
 from markdown_it import MarkdownIt
 
+from pipeline.archives import oversize_reason
+from pipeline.config import ItemParams, LimitsConfig
 from pipeline.text import CHAPTER_BREAK, PARAGRAPH_BREAK
+from workers.errors import UserError
+
+_READ_PIECE_BYTES = 1 << 20  # a text file is read a MiB at a time, up to limits.max_item_bytes
 
 
 @dataclass(frozen=True)
@@ -34,9 +44,10 @@ class Item:
     """One text to narrate.
 
     ``voice`` overrides the job's voice when set; ``params`` holds the item's
-    own raw settings (a Markdown front-matter block, dataset columns), which
-    the job validates as ``pipeline.config.ItemParams``; ``extra`` is metadata
-    carried into the item's output as is (a dataset row's other columns).
+    own raw settings (a Markdown front-matter block's settings, dataset columns),
+    which the job validates as ``pipeline.config.ItemParams``; ``extra`` is
+    metadata carried into the item's output as is (a dataset row's other
+    columns, a front-matter block's other keys), already plain JSON.
     """
 
     id: str
@@ -56,63 +67,146 @@ class ItemError:
     message: str
 
 
-def iter_file_items(path: Path) -> Iterator[Item | ItemError]:
-    """Items of one file, or of every readable file below a folder (sorted by path).
+class SourceError(UserError):
+    """An input that cannot be read at all (not one item of it); one line naming the input."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """An input that is not there; also a FileNotFoundError, as the open() it stands for."""
+
+
+class SourceUnavailableError(SourceError, OSError):
+    """An input that cannot be reached now (a hub offline, a network down); also an OSError."""
+
+
+# --- metadata ---------------------------------------------------------------------
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain_metadata(values: dict, max_depth: int) -> dict | str:
+    """``values`` as the item's JSON metadata can hold them (dates as ISO text, keys as
+    text), or a one-line reason naming the key whose value cannot be held: nested
+    deeper than ``max_depth`` (what JSON writers refuse), or of a kind JSON lacks.
+
+    Checked when the item is read, so such a value fails its item there, not when
+    the item's audio is done and its metadata is written.
+    """
+    plain = {}
+    for key, value in values.items():
+        try:
+            plain[str(key)] = _plain_value(value, max_depth)
+        except _TooDeep:
+            return f"{str(key)!r} nests deeper than limits.max_metadata_depth ({max_depth})"
+        except _NotJson as exc:
+            return f"{str(key)!r} holds {exc.args[0]}, which JSON metadata cannot hold"
+    return plain
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _plain_value(value, depth_left: int):
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, (datetime.date, datetime.time)):  # YAML reads 2024-05-01 as a date
+        return value.isoformat()
+    if not isinstance(value, (dict, list, tuple)):
+        raise _NotJson(f"a {type(value).__name__}")
+    if depth_left < 1:
+        raise _TooDeep
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v, depth_left - 1) for k, v in value.items()}
+    return [_plain_value(v, depth_left - 1) for v in value]
+
+
+def iter_file_items(path: Path, limits: LimitsConfig | None = None) -> Iterator[Item | ItemError]:
+    """Items of one file, or of every readable file below a folder (sorted by id).
 
     A ``.txt`` or ``.md`` file is one item, an ``.epub`` one item per chapter.
-    Ids are file stems (``book/003`` for an EPUB's third chapter); when two
-    files in a folder share a stem, both get their path relative to the folder,
-    without suffix (``part1/intro``), so ids stay unique and stable between runs
-    (resume depends on it). In a folder, other files and hidden ones are skipped.
+    In a folder, an item's id is the file's path relative to the folder without
+    its suffix (``intro``, ``part1/intro``; ``book/003`` for an EPUB's third
+    chapter), so adding or removing files never changes another file's id
+    (resume depends on it); a single file's id is its stem. Two files whose paths
+    differ only by suffix (``a.md``, ``a.txt``, ``a.epub``) would share an id:
+    the first in sorted order of suffix keeps it, and each other one fails under
+    its path with suffix (``a.txt``), asking for a rename. In a folder, other files and
+    hidden ones are skipped. ``limits`` bounds what one file may make us read.
     """
     path = Path(path)
+    limits = limits or LimitsConfig()
     if path.is_dir():
+        # Sorted by id, then suffix: files that would share an id come one after the other.
         files = sorted(
             (
-                p
+                p.relative_to(path)
                 for p in path.rglob("*")
                 if p.is_file()
                 and p.suffix.lower() in READERS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             ),
-            key=lambda p: p.relative_to(path).as_posix(),
+            key=lambda r: (r.with_suffix("").as_posix(), r.suffix),
         )
-        for file, item_id in zip(files, _item_ids(files, path)):
-            yield from READERS[file.suffix.lower()](file, item_id)
+        kept: Path | None = None
+        for relative in files:
+            item_id = relative.with_suffix("").as_posix()
+            if kept is not None and kept.with_suffix("").as_posix() == item_id:
+                yield ItemError(
+                    relative.as_posix(),
+                    "id",
+                    f"{relative.as_posix()} would have the id {item_id!r} of {kept.as_posix()} "
+                    "(an id leaves out the suffix); rename one of them",
+                )
+                continue
+            kept = relative
+            yield from READERS[relative.suffix.lower()](path / relative, item_id, limits)
     elif path.is_file():
         reader = READERS.get(path.suffix.lower())
         if reader is None:
-            raise ValueError(
+            raise SourceError(
                 f"source {path}: cannot read {path.suffix or 'suffix-less'!r} files; "
                 f"expected {', '.join(READERS)} or a folder"
             )
-        yield from reader(path, path.stem)
+        yield from reader(path, path.stem, limits)
     else:
-        raise FileNotFoundError(f"source {path}: no such file or folder")
+        raise SourceNotFoundError(f"source {path}: no such file or folder")
 
 
 iter_text_items = iter_file_items  # the name from when there were only .txt files
 
 
-def _item_ids(files: list[Path], root: Path) -> list[str]:
-    """Stems; relative paths for shared stems; with suffix where even those clash (a.md, a.txt)."""
-    stem_counts = Counter(f.stem for f in files)
-    relative = [f.relative_to(root) for f in files]
-    ids = [f.stem if stem_counts[f.stem] == 1 else r.with_suffix("").as_posix() for f, r in zip(files, relative)]
-    id_counts = Counter(ids)
-    return [i if id_counts[i] == 1 else r.as_posix() for i, r in zip(ids, relative)]
-
-
-def _read_text(file: Path, item_id: str) -> str | ItemError:
+def _read_text(file: Path, item_id: str, limits: LimitsConfig) -> str | ItemError:
+    """The file's text, read no further than ``limits.max_item_bytes``."""
     try:
-        raw = file.read_bytes()
+        with open(file, "rb") as stream:
+            raw = _read_at_most(stream, limits.max_item_bytes)
     except OSError as exc:
         return ItemError(item_id, "text", f"cannot read {file}: {exc.strerror}")
+    if raw is None:
+        return ItemError(item_id, "text", f"{file} is over limits.max_item_bytes ({limits.max_item_bytes} bytes)")
     try:
         # utf-8-sig: a byte-order mark some editors write is not part of the text.
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return ItemError(item_id, "text", f"{file} is not valid UTF-8 (byte {exc.start})")
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytes | None:
+    """All of ``stream``, or None when it holds more than ``limit`` bytes. Read in
+    pieces: ``read(limit)`` would set aside ``limit`` bytes even for a small file."""
+    pieces, size = [], 0
+    while size <= limit:
+        piece = stream.read(min(_READ_PIECE_BYTES, limit + 1 - size))
+        if not piece:
+            return b"".join(pieces)
+        pieces.append(piece)
+        size += len(piece)
+    return None
 
 
 def _no_text(file: Path, item_id: str) -> ItemError:
@@ -122,8 +216,8 @@ def _no_text(file: Path, item_id: str) -> ItemError:
 # --- .txt -------------------------------------------------------------------------
 
 
-def _text_items(file: Path, item_id: str) -> Iterator[Item | ItemError]:
-    text = _read_text(file, item_id)
+def _text_items(file: Path, item_id: str, limits: LimitsConfig) -> Iterator[Item | ItemError]:
+    text = _read_text(file, item_id, limits)
     if isinstance(text, ItemError):
         yield text
     elif not text.strip():
@@ -138,31 +232,44 @@ def _text_items(file: Path, item_id: str) -> Iterator[Item | ItemError]:
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 
 
-def _markdown_items(file: Path, item_id: str) -> Iterator[Item | ItemError]:
-    source = _read_text(file, item_id)
+# Front-matter keys that are the item's settings (validated by the job); "title" names
+# the item; every other key (author, date, tags, ...) is kept as the item's metadata.
+_SETTINGS_KEYS = frozenset(ItemParams.model_fields)
+
+
+def _markdown_items(file: Path, item_id: str, limits: LimitsConfig) -> Iterator[Item | ItemError]:
+    source = _read_text(file, item_id, limits)
     if isinstance(source, ItemError):
         yield source
         return
-    params: dict = {}
+    front: dict = {}
     match = _FRONT_MATTER.match(source)
     if match:
         try:
-            params = yaml.safe_load(match.group(1)) or {}
+            front = yaml.safe_load(match.group(1)) or {}
         except yaml.YAMLError as exc:
             yield ItemError(item_id, "front_matter", f"{file}: not valid YAML: {str(exc).splitlines()[0]}")
             return
-        if not isinstance(params, dict):
+        except RecursionError:  # [[[[... nested past Python's own limit
+            yield ItemError(item_id, "front_matter", f"{file}: nests deeper than limits.max_metadata_depth ({limits.max_metadata_depth})")
+            return
+        if not isinstance(front, dict):
             yield ItemError(item_id, "front_matter", f"{file}: must be a mapping of settings")
             return
         source = source[match.end() :]
+    params = {key: value for key, value in front.items() if key in _SETTINGS_KEYS}
+    extra = plain_metadata({key: value for key, value in front.items() if key not in _SETTINGS_KEYS and key != "title"}, limits.max_metadata_depth)
+    if isinstance(extra, str):
+        yield ItemError(item_id, "front_matter", f"{file}: {extra}")
+        return
     text, first_heading = markdown_to_text(source)
     # A title is what nearly every front-matter block has; it names the item, it is no setting.
-    title = params.pop("title", None)
+    title = front.get("title")
     title = title if isinstance(title, str) else first_heading
     if not text.strip():
         yield _no_text(file, item_id)
     else:
-        yield Item(id=item_id, text=text, title=title, params=params)
+        yield Item(id=item_id, text=text, title=title, params=params, extra=extra)
 
 
 def markdown_to_text(source: str) -> tuple[str, str | None]:
@@ -199,8 +306,27 @@ def _inline_text(token) -> str:
 # --- .epub ------------------------------------------------------------------------
 
 
-def _epub_items(file: Path, book_id: str) -> Iterator[Item | ItemError]:
-    """One item per spine document with text, in reading order, titled from the table of contents."""
+def _epub_items(file: Path, book_id: str, limits: LimitsConfig) -> Iterator[Item | ItemError]:
+    """One item per spine document with text, in reading order, titled from the table of contents.
+
+    The parser inflates every file of the book into memory, so their declared
+    sizes are checked first (``limits.max_epub_bytes``, ``limits.max_compression_ratio``).
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            too_large = oversize_reason(
+                archive.infolist(),
+                limits.max_epub_bytes,
+                limits.max_compression_ratio,
+                bytes_limit="limits.max_epub_bytes",
+                ratio_limit="limits.max_compression_ratio",
+            )
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        yield ItemError(book_id, "file", f"{file} is not a readable EPUB: {str(exc) or type(exc).__name__}")
+        return
+    if too_large:
+        yield ItemError(book_id, "file", f"{file} {too_large}")
+        return
     try:
         book = epub.read_epub(str(file), options={"ignore_ncx": False})
         documents = [book.get_item_with_id(idref) for idref, _linear in book.spine]
@@ -302,7 +428,7 @@ class _HtmlText(HTMLParser):
                 self.first_heading = paragraph
 
 
-READERS: dict[str, Callable[[Path, str], Iterator[Item | ItemError]]] = {
+READERS: dict[str, Callable[[Path, str, LimitsConfig], Iterator[Item | ItemError]]] = {
     ".txt": _text_items,
     ".md": _markdown_items,
     ".markdown": _markdown_items,

@@ -22,17 +22,17 @@ few repairs where it errs: see ``_sentence_cuts``.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
 import sentencex
 
-BARK_MAX_TEXT_TOKENS = 256  # the semantic model's text window; more is cut silently
 
 PARAGRAPH_BREAK = "\n\n"
 CHAPTER_BREAK = "\f"
@@ -79,6 +79,9 @@ ABBREVIATIONS: dict[str, frozenset[str]] = {
 }
 _DEFAULT_ABBREVIATIONS = frozenset(_TITLES.split())
 _DOTTED_ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # e.g, i.e, U.S, a.m, т.е; not 3.14
+# Characters on each side of a candidate sentence end that decide it: longer than
+# any abbreviation, title or run of closing marks that the rules look at.
+_SENTENCE_CONTEXT_CHARS = 100
 
 # Clause marks, cut after: , ; : — – only before a space (not 3,000, 10:30 or
 # 1990–2000: cuts stay between words); CJK marks anywhere, CJK has no spaces.
@@ -210,12 +213,20 @@ def _sentence_cuts(text: str, language: str) -> list[int]:
     for cut in sorted(found):
         while cut < len(text) and text[cut] in _CLOSERS and not text[cut - 1].isspace():
             cut += 1  # a closing mark ends the sentence it closes
-        if 0 < cut < len(text) and _is_sentence_end(text, cut, language):
-            cuts.append(cut)
+        if 0 < cut < len(text):
+            # Only the words around a cut decide it: handing on the whole paragraph
+            # would copy it once per cut (quadratic on one long paragraph).
+            start = max(0, cut - _SENTENCE_CONTEXT_CHARS)
+            if _is_sentence_end(text[start : cut + _SENTENCE_CONTEXT_CHARS], cut - start, language):
+                cuts.append(cut)
     return cuts
 
 
 def _is_sentence_end(text: str, cut: int, language: str) -> bool:
+    """Whether a cut sentencex (or ``_CLOSED_END``) proposes at ``cut`` ends a sentence.
+
+    ``text`` is the context around the cut, not necessarily the whole paragraph.
+    """
     before, after = text[:cut].rstrip(), text[cut:]
     spaced = text[cut - 1].isspace() or after[0].isspace()
     if not (spaced or _has_no_spaces(before[-1]) or _has_no_spaces(after[0])):
@@ -309,54 +320,50 @@ def make_chunks(
     sentence that does not fit alone is packed from its clauses, a clause from
     its words. A word (or cue) longer than ``max_chars`` is a chunk of its own;
     one over ``max_tokens`` is cut between characters, and a character (or a
-    cue) over it is a ``ValueError``. ``count_tokens`` is asked about every
-    candidate chunk, so no chunk ever exceeds ``max_tokens``.
+    cue) over it is a ``ValueError``. Every chunk is measured with
+    ``count_tokens``, so none ever exceeds ``max_tokens``; it is called a few
+    times per chunk (token counts must not shrink as a text grows), so the work
+    is linear in the text's length.
 
     Each chunk's ``break_after`` says what follows it: "sentence" (also after
     a piece of a long sentence), "paragraph", "chapter", or "end" for the last.
     ``language`` picks the sentence rules; "auto" guesses it from the script.
     """
-    if max_chars < 1 or not 1 <= max_tokens <= BARK_MAX_TEXT_TOKENS:
-        raise ValueError(f"need max_chars >= 1 and 1 <= max_tokens <= {BARK_MAX_TEXT_TOKENS}")
+    if max_chars < 1 or max_tokens < 1:
+        raise ValueError("need max_chars >= 1 and max_tokens >= 1")
     if language == "auto":
         language = detect_language(text)
     budget = _Budget(count_tokens, max_chars, max_tokens)
     layers = (partial(_sentence_cuts, language=language), _clause_cuts, _word_cuts, _grapheme_cuts)
-    pieces: list[str] = []
-    breaks: list[BreakKind] = []
+    chunks: list[TextChunk] = []
     for chapter in chapters(text):
         for paragraph in chapter:
-            spans = _pack(paragraph, (0, len(paragraph)), layers, budget)
-            pieces += [paragraph[start:end].strip() for start, end in spans]
-            breaks += ["sentence"] * (len(spans) - 1) + ["paragraph"]
-        breaks[-1] = "chapter"
-    if breaks:
-        breaks[-1] = "end"
-    return [
-        TextChunk(index, piece, budget.measure(piece), kind)
-        for index, (piece, kind) in enumerate(zip(pieces, breaks))
-    ]
+            for (start, end), n_tokens in _pack(paragraph, (0, len(paragraph)), layers, budget):
+                chunks.append(TextChunk(len(chunks), paragraph[start:end].strip(), n_tokens, "sentence"))
+            chunks[-1] = replace(chunks[-1], break_after="paragraph")
+        chunks[-1] = replace(chunks[-1], break_after="chapter")
+    if chunks:
+        chunks[-1] = replace(chunks[-1], break_after="end")
+    return chunks
 
 
 class _Budget:
-    """Both limits, with token counts remembered (the tokenizer is the slow part)."""
+    """Both limits, and the one tokenizer call a check needs (the last count is kept:
+    a fitting candidate is often the chunk that is then emitted)."""
 
     def __init__(self, count_tokens: Callable[[str], int], max_chars: int, max_tokens: int):
         self._count_tokens = count_tokens
         self.max_chars = max_chars
         self.max_tokens = max_tokens
-        self._counts: dict[str, int] = {}
+        self._last: tuple[str, int] | None = None
 
     def measure(self, text: str) -> int:
-        if text not in self._counts:
-            self._counts[text] = self._count_tokens(text)
-        return self._counts[text]
+        if self._last is None or self._last[0] != text:
+            self._last = (text, self._count_tokens(text))
+        return self._last[1]
 
     def fits_tokens(self, text: str) -> bool:
         return self.measure(text) <= self.max_tokens
-
-    def fits(self, text: str) -> bool:
-        return len(text) <= self.max_chars and self.fits_tokens(text)
 
 
 Span = tuple[int, int]
@@ -365,32 +372,66 @@ Span = tuple[int, int]
 _FIRST_WORD_LAYER = 2
 
 
-def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0) -> list[Span]:
-    """Greedily merge the pieces of ``span`` into fitting spans, splitting finer where needed."""
-    packed: list[Span] = []
-    current: Span | None = None
-    for piece in _spans(text, *span, layers[depth]):
-        piece_text = text[piece[0] : piece[1]].strip()
-        if not budget.fits(piece_text):
-            if current:
-                packed.append(current)
-                current = None
-            if depth >= _FIRST_WORD_LAYER and budget.fits_tokens(piece_text):
-                packed.append(piece)  # one word over max_chars: the char budget gives way
-            elif depth + 1 == len(layers):
-                raise ValueError(f"{piece_text!r} alone exceeds the token budget of {budget.max_tokens}")
-            else:
-                packed.extend(_pack(text, piece, layers, budget, depth + 1))
-        elif current is None:
-            current = piece
-        elif budget.fits(text[current[0] : piece[1]].strip()):
-            current = (current[0], piece[1])
+def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0) -> list[tuple[Span, int]]:
+    """Greedily merge the pieces of ``span`` into fitting spans, splitting finer where needed.
+
+    Returns each span (without its outer whitespace) with its token count. A run
+    of pieces is as long as both budgets allow: the character budget is found by
+    bisecting the pieces' ends, the token budget by bisecting the run (token
+    counts grow as a run grows), so a chunk costs a few tokenizer calls of at
+    most ``max_chars`` characters, never one per piece: the work is linear in
+    the text's length.
+    """
+    pieces = _spans(text, *span, layers[depth])
+    words = [_stripped(text, piece) for piece in pieces]
+    ends = [end for _, end in words]
+    packed: list[tuple[Span, int]] = []
+    first = 0
+    while first < len(pieces):
+        run = _longest_fitting_run(text, words, ends, first, budget)
+        if run is not None:
+            last, n_tokens = run
+            packed.append(((words[first][0], words[last][1]), n_tokens))
+            first = last + 1
+            continue
+        piece_text = text[slice(*words[first])]
+        if depth >= _FIRST_WORD_LAYER and budget.fits_tokens(piece_text):
+            packed.append((words[first], budget.measure(piece_text)))  # one word over max_chars: the char budget gives way
+        elif depth + 1 == len(layers):
+            raise ValueError(f"{piece_text!r} alone exceeds the token budget of {budget.max_tokens}")
         else:
-            packed.append(current)
-            current = piece
-    if current:
-        packed.append(current)
+            packed.extend(_pack(text, pieces[first], layers, budget, depth + 1))
+        first += 1
     return packed
+
+
+def _longest_fitting_run(text: str, words: list[Span], ends: list[int], first: int, budget: _Budget) -> tuple[int, int] | None:
+    """(last piece, tokens) of the longest run of pieces from ``first`` within both budgets;
+    None when the first piece alone is over either."""
+    start = words[first][0]
+    # Pieces are in order, so a run's length in characters grows with its last piece.
+    high = bisect.bisect_right(ends, start + budget.max_chars, lo=first) - 1
+    if high < first:
+        return None
+    n_tokens = budget.measure(text[start : ends[high]])
+    if n_tokens <= budget.max_tokens:
+        return high, n_tokens  # the usual case: characters, not tokens, end the chunk
+    low, low_tokens = first - 1, 0  # the run to ``low`` fits (empty at first), the run to ``high`` does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        n_tokens = budget.measure(text[start : ends[middle]])
+        if n_tokens <= budget.max_tokens:
+            low, low_tokens = middle, n_tokens
+        else:
+            high = middle
+    return (low, low_tokens) if low >= first else None
+
+
+def _stripped(text: str, span: Span) -> Span:
+    """``span`` without its leading and trailing whitespace."""
+    start, end = span
+    piece = text[start:end]
+    return start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())
 
 
 def _spans(text: str, start: int, end: int, cuts: Callable[[str], list[int]]) -> list[Span]:

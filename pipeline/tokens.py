@@ -14,33 +14,39 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.records import VoicePrompt
 from pipeline.storage import atomic_write_bytes
+from workers.records import VoicePrompt
+from workers.settings import BarkSettings
 
-COARSE_CODEBOOKS = 2  # Bark's coarse model predicts EnCodec's first two codebooks
-FINE_CODEBOOKS = 8  # the fine model fills in all eight
 TOKEN_DTYPE = np.int64
 
 
-def voice_from_tokens(name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> VoicePrompt:
-    """A voice prompt from one chunk's tokens, for use in memory; shapes are checked here."""
+def voice_from_tokens(
+    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings = BarkSettings()
+) -> VoicePrompt:
+    """A voice prompt from one chunk's tokens, for use in memory; shapes (the checkpoint's
+    codebook counts) are checked here."""
     semantic, coarse, fine = (np.asarray(a) for a in (semantic, coarse, fine))
     _check(name, "semantic", semantic, rows=None)
-    _check(name, "coarse", coarse, rows=COARSE_CODEBOOKS)
-    _check(name, "fine", fine, rows=FINE_CODEBOOKS)
+    _check(name, "coarse", coarse, rows=settings.n_coarse_codebooks)
+    _check(name, "fine", fine, rows=settings.n_fine_codebooks)
     if coarse.shape[1] != fine.shape[1]:
         raise ValueError(f"tokens {name!r}: coarse has {coarse.shape[1]} frames but fine has {fine.shape[1]}")
     return VoicePrompt(name=name, semantic_prompt=semantic, coarse_prompt=coarse, fine_prompt=fine)
 
 
-def save_voice_npz(path: Path, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> None:
+def save_voice_npz(
+    path: Path, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings = BarkSettings()
+) -> None:
     """Write the tokens as a voice-preset ``.npz``, whole or not at all (temp file, then rename)."""
-    atomic_write_bytes(Path(path), voice_npz_bytes(str(path), semantic, coarse, fine))
+    atomic_write_bytes(Path(path), voice_npz_bytes(str(path), semantic, coarse, fine, settings))
 
 
-def voice_npz_bytes(name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> bytes:
+def voice_npz_bytes(
+    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings = BarkSettings()
+) -> bytes:
     """The bytes of a voice-preset ``.npz`` (plain int64 arrays, nothing pickled)."""
-    voice = voice_from_tokens(name, semantic, coarse, fine)
+    voice = voice_from_tokens(name, semantic, coarse, fine, settings)
     buffer = io.BytesIO()
     np.savez(
         buffer,

@@ -66,3 +66,36 @@ def test_writes_a_readable_plot(bench_run):
     (png,) = out.glob("throughput-*.png")
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_engine_benchmark_reports_every_stage_against_transformers(tiny_model_dir, tmp_path):
+    """bench/engines.py runs without Ray: each stage's rate, ops and syncs per step, and the
+    pipeline estimates with their ratios to transformers measured in the same run."""
+    command = [
+        sys.executable, str(REPO / "bench" / "engines.py"),
+        "--model", str(tiny_model_dir),
+        "--batch-sizes", "1", "4",
+        "--semantic-tokens", "12",
+        "--baseline-chunks", "2", "--baseline-batch", "2",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    code = "import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", code, *command[1:]], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("engines-*.json")
+    results = json.loads(path.read_text())
+    for stage in STAGES:
+        rows = results["stages"][stage]
+        assert [r["batch"] for r in rows] == [1, 4] and all(r["audio_s_per_s"] > 0 for r in rows)
+    for stage in ("semantic", "coarse", "fine"):
+        one, four = results["stages"][stage]
+        assert one["syncing_ops_per_step"] == four["syncing_ops_per_step"] == 0
+        assert one["transfers_per_step"] == four["transfers_per_step"] == 1
+        assert four["ops_per_step"] <= 1.2 * one["ops_per_step"]
+    assert set(results["transformers"]) == {"one_at_a_time", "batched_2"}
+    for name in ("one_device", "4_devices", "8_devices"):
+        estimate = results["estimates"][name]
+        assert estimate["rtf_per_device"] > 0
+        ratio = estimate["rtf_per_device"] / results["transformers"]["one_at_a_time"]["audio_s_per_wall_s"]
+        assert estimate["ratio_to_one_at_a_time"] == pytest.approx(ratio, rel=0.02)
+    assert "whole pipeline, real time factor per device" in done.stdout

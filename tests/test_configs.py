@@ -35,3 +35,12 @@ def test_gpu_configs(name, hub_id):
     assert stages.fine.num_gpus == stages.codec.num_gpus == 0.5
     assert stages.semantic.dtype == stages.coarse.dtype == "float16"
     assert stages.codec.dtype == "float32"
+
+
+def test_a_chunk_budget_over_the_models_text_window_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    from pipeline.config import ConfigError, JobConfig
+    from pipeline.job import NarrationJob
+
+    config = JobConfig.model_validate({"model": {"source": str(tiny_model_dir)}, "text": {"max_tokens": 257}})
+    with pytest.raises(ConfigError, match=r"text.max_tokens: 257 is over the model's text window of 256 tokens"):
+        NarrationJob(config, str(tmp_path / "out"))

@@ -19,8 +19,11 @@ import pytest
 from pydantic import ValidationError
 
 import pipeline.datasets as datasets
-from pipeline.datasets import ColumnsConfig, is_dataset, iter_dataset_items
-from pipeline.sources import Item, ItemError
+from pipeline.assembly import ItemMetadata
+from pipeline.config import LimitsConfig
+from pipeline.config import S3Config
+from pipeline.datasets import ColumnsConfig, check_columns, is_dataset, iter_dataset_items
+from pipeline.sources import Item, ItemError, SourceError, SourceNotFoundError
 from workers.errors import UserError
 from tests.conftest import REPO
 
@@ -232,13 +235,13 @@ def test_tsv_reads_tab_separated_rows(tmp_path):
 
 def test_a_header_without_a_configured_column_fails_the_whole_file(tmp_path):
     csv_path = write_csv(tmp_path / "d.csv", [["ID", "text"], ["1", "Hi."]])
-    with pytest.raises(ValueError, match="no column 'id'"):
+    with pytest.raises(SourceError, match="no column 'id'"):
         next(iter_dataset_items(csv_path, ColumnsConfig()))
     parquet_path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"id": ["1"], "body": ["Hi."]}), parquet_path)
-    with pytest.raises(ValueError, match="no column 'text'"):
+    with pytest.raises(SourceError, match="no column 'text'"):
         next(iter_dataset_items(parquet_path, ColumnsConfig()))
-    with pytest.raises(ValueError, match="'missing'"):
+    with pytest.raises(SourceError, match="'missing'"):
         next(iter_dataset_items(parquet_path, ColumnsConfig(text="body", extra=["missing"])))
 
 
@@ -343,12 +346,13 @@ def test_columns_config_rejects_typos_and_clashing_columns():
 
 
 def test_missing_files_and_unknown_suffixes_raise(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(SourceNotFoundError, match="no such file") as missing:
         next(iter_dataset_items(tmp_path / "nope.jsonl", ColumnsConfig()))
-    with pytest.raises(ValueError, match="not a dataset"):
+    assert isinstance(missing.value, FileNotFoundError)
+    with pytest.raises(SourceError, match="not a dataset"):
         next(iter_dataset_items(tmp_path / "book.txt", ColumnsConfig()))
     for no_key in ("s3://bucket.jsonl", "s3:///key.jsonl"):
-        with pytest.raises(ValueError, match="bucket and a key"):
+        with pytest.raises(SourceError, match="bucket and a key"):
             next(iter_dataset_items(no_key, ColumnsConfig()))
 
 
@@ -420,7 +424,7 @@ def test_a_saved_folder_with_custom_columns_reads_only_the_chosen_extras(hf, tmp
     columns = ColumnsConfig(id="key", text="body", voice=None, params=None, extra=["lang"])
     results = list(iter_dataset_items(folder, columns))
     assert [(r.id, r.text, r.extra) for r in results] == [("7", "Seven.", {"lang": "en"}), ("8", "Eight.", {"lang": "de"})]
-    with pytest.raises(ValueError, match="no column 'speaker'"):
+    with pytest.raises(SourceError, match="no column 'speaker'"):
         next(iter_dataset_items(folder, ColumnsConfig(id="key", text="body", extra=["speaker"])))
 
 
@@ -434,12 +438,12 @@ def test_a_dataset_dict_folder_picks_train_or_the_named_split(hf, tmp_path):
     assert [i.id for i in iter_dataset_items(f"hf:{folder}@test")] == ["x1"]
     assert is_dataset(f"{folder}@test") and not is_dataset(f"{tmp_path}@test")
     assert datasets.count_rows(f"{folder}@test") == 1 and datasets.count_rows(folder) == 2
-    with pytest.raises(ValueError, match="no split 'dev'; it has 'train', 'test'"):
+    with pytest.raises(SourceError, match="no split 'dev'; it has 'train', 'test'"):
         next(iter_dataset_items(f"{folder}@dev"))
 
     no_train = tmp_path / "no-train"
     hf.DatasetDict({"a": test, "b": test}).save_to_disk(str(no_train))
-    with pytest.raises(ValueError, match="pick a split with @SPLIT; it has 'a', 'b'"):
+    with pytest.raises(SourceError, match="pick a split with @SPLIT; it has 'a', 'b'"):
         next(iter_dataset_items(no_train))
 
 
@@ -466,7 +470,7 @@ def test_an_hf_name_streams_through_load_dataset(hf, tmp_path):
     assert [(r.id, r.text, r.extra) for r in results] == [(f"r{n}", f"Row {n}.", {"tag": n % 2}) for n in range(5)]
     assert datasets.count_rows(f"hf:{folder}") is None  # a stream is not counted ahead
     assert [r.id for r in iter_dataset_items(f"hf:{folder}@train")] == [f"r{n}" for n in range(5)]
-    with pytest.raises(ValueError, match="Bad split: dev"):
+    with pytest.raises(SourceError, match="Bad split: dev"):
         next(iter_dataset_items(f"hf:{folder}@dev"))
 
 
@@ -487,9 +491,9 @@ def test_hf_specs_parse(uri, spec):
 
 @pytest.mark.parametrize("uri", ["hf:", "hf:user/x@", "hf:a:b:c", "hf:a@b@c", "hf: user/x", "hf:user/x:", "hf:x@train[:10]"])
 def test_bad_hf_specs_fail_with_the_syntax(uri):
-    with pytest.raises(ValueError, match=r"expected hf:NAME\[:CONFIG\]\[@SPLIT\]"):
+    with pytest.raises(SourceError, match=r"expected hf:NAME\[:CONFIG\]\[@SPLIT\]"):
         next(iter_dataset_items(uri))
-    with pytest.raises(ValueError, match="expected hf:NAME"):
+    with pytest.raises(SourceError, match="expected hf:NAME"):
         datasets.count_rows(uri)
 
 
@@ -511,15 +515,197 @@ def test_an_unreachable_hub_name_fails_fast_in_one_line_offline(hf):
     code = (
         "import time\n"
         "from pipeline.datasets import iter_dataset_items\n"
+        "from pipeline.sources import SourceError\n"
         "start = time.monotonic()\n"
         "try:\n"
         "    next(iter_dataset_items('hf:nobody-here/no-such-dataset@train'))\n"
-        "except OSError as exc:\n"
+        "except SourceError as exc:\n"
         "    print(type(exc).__name__, '|', exc, '|', round(time.monotonic() - start, 1))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     kind, message, seconds = done.stdout.strip().split(" | ")
-    assert kind in {"OSError", "FileNotFoundError"}, done.stderr
+    assert kind in {"SourceUnavailableError", "SourceNotFoundError"}, done.stderr
     assert message.startswith("source hf:nobody-here/no-such-dataset@train: ") and "\n" not in message
     assert float(seconds) < 10
+
+
+# --- one bad row, one failed row: hostile rows and damaged files --------------------
+
+
+def nested(depth: int):
+    """An object nested ``depth`` objects deep."""
+    value = "bottom"
+    for _ in range(depth):
+        value = {"in": value}
+    return value
+
+
+def test_a_row_whose_extra_nests_too_deep_fails_alone_where_it_is_read(tmp_path):
+    """The issue's row nested 300 objects deep failed the job when its metadata was written."""
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a", "text": "First.", "meta": nested(31)},
+            {"id": "deep", "text": "Deep.", "meta": nested(300)},
+            {"id": "z", "text": "Last.", "tags": ["x"]},
+        ],
+    )
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    assert outcome(results) == [("item", "a", "First."), ("error", "deep", "meta"), ("item", "z", "Last.")]
+    assert results[1].message == "'meta' nests deeper than limits.max_metadata_depth (32)"
+    # What passes is what the item's metadata file can hold: pydantic writes it at the limit.
+    ItemMetadata(
+        id="a", status="ok", duration_s=1, sample_rate=24000, voice_mode="fixed", language="en",
+        seed=0, model="m", wall_s=1, extra={"meta": nested(32)},
+    ).model_dump_json()
+    tight = list(iter_dataset_items(path, ColumnsConfig(), limits=LimitsConfig(max_metadata_depth=2)))
+    assert outcome(tight)[0] == ("error", "a", "meta")
+
+
+def test_a_parquet_row_with_a_deep_struct_fails_alone(tmp_path):
+    struct = pa.struct([("in", pa.struct([("in", pa.string())]))])
+    table = pa.table({"id": ["a", "b"], "text": ["One.", "Two."], "meta": pa.array([None, {"in": {"in": "x"}}], struct)})
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path)
+    results = list(iter_dataset_items(path, ColumnsConfig(), limits=LimitsConfig(max_metadata_depth=1)))
+    assert outcome(results) == [("item", "a", "One."), ("error", "b", "meta")]
+
+
+ROWS = [{"id": f"r{n}", "text": f"Row number {n} says something a little different."} for n in range(400)]
+
+
+def gzip_cut(data: bytes, keep: float) -> bytes:
+    compressed = gzip.compress(data)
+    return compressed[: int(len(compressed) * keep)]
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.75, 0.995])
+def test_a_truncated_jsonl_gz_gives_its_whole_rows_then_one_error_naming_the_file(tmp_path, keep):
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in ROWS)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(gzip_cut(data, keep))
+    results = list(iter_dataset_items(path, ColumnsConfig()))  # no EOFError
+    *items, error = results
+    assert items and all(isinstance(i, Item) for i in items)
+    assert [(i.id, i.text) for i in items] == [(r["id"], r["text"]) for r in ROWS[: len(items)]]  # whole rows only
+    assert isinstance(error, ItemError) and error.field == "file" and error.id == f"line {len(items) + 1}"
+    assert error.message.startswith(f"{path} breaks off after line {len(items)} (")
+    assert error.message.endswith("); the lines after it cannot be read") and "\n" not in error.message
+
+
+def test_a_gz_cut_inside_its_last_line_never_yields_that_line_half(tmp_path):
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in ROWS[:3]).rstrip(b"\n")  # no final newline
+    whole = gzip.compress(data)
+    for cut in range(len(whole) - 8, len(whole)):  # the compressed data is all there; the trailer is not
+        path = tmp_path / "trailer.jsonl.gz"
+        path.write_bytes(whole[:cut])
+        results = list(iter_dataset_items(path, ColumnsConfig()))
+        assert [r.id for r in results if isinstance(r, Item)] in (["r0", "r1"], ["r0", "r1", "r2"])
+        assert isinstance(results[-1], ItemError) and results[-1].field == "file"
+
+
+def test_a_truncated_csv_gz_gives_the_rows_before_the_damage_then_one_error(tmp_path):
+    lines = ["id,text"] + [f'{r["id"]},"{r["text"]}"' for r in ROWS]
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gzip_cut(("\n".join(lines) + "\n").encode(), 0.5))
+    results = list(iter_dataset_items(path, ColumnsConfig()))
+    *items, error = results
+    assert [(i.id, i.text) for i in items] == [(r["id"], r["text"]) for r in ROWS[: len(items)]]
+    assert 0 < len(items) < len(ROWS)
+    assert error.field == "file" and error.id == f"row {len(items) + 1}"
+    assert error.message.startswith(f"{path} breaks off after row {len(items)} (")
+    # A header cut off is the whole file's problem: one line, before any row.
+    (tmp_path / "head.csv.gz").write_bytes(gzip_cut(b"id,text," + b"x" * 5000, 0.5))
+    with pytest.raises(SourceError, match=r"breaks off in its header"):
+        next(iter_dataset_items(tmp_path / "head.csv.gz", ColumnsConfig()))
+
+
+def test_a_line_over_the_byte_limit_fails_alone_and_is_never_held_whole(tmp_path):
+    """A .gz of ~100 KB that inflates to one 64 MiB line: read a bounded piece at a time."""
+    limit = 1 << 20
+    huge = b'{"id": "huge", "text": "' + b" " * (64 << 20) + b'"}\n'
+    for kind, head, good in [
+        ("jsonl", b"", [json.dumps(r).encode() + b"\n" for r in ROWS[:2]]),
+        ("csv", b"id,text\n", [f'{r["id"]},{r["text"]}\n'.encode() for r in ROWS[:2]]),
+    ]:
+        path = tmp_path / f"bomb.{kind}.gz"
+        with gzip.open(path, "wb", compresslevel=1) as file:
+            file.write(head + good[0] + huge + good[1])
+        assert path.stat().st_size < 1 << 20
+        tracemalloc.start()
+        try:
+            results = list(iter_dataset_items(path, ColumnsConfig(), limits=LimitsConfig(max_item_bytes=limit)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        where = "line 2" if kind == "jsonl" else "row 2"
+        assert outcome(results) == [("item", "r0", ROWS[0]["text"]), ("error", where, "line" if kind == "jsonl" else "row"),
+                                    ("item", "r1", ROWS[1]["text"])]
+        assert "longer than limits.max_item_bytes (1048576 bytes)" in results[1].message
+        assert peak < 8 * limit  # a few buffers of the limit, never the 64 MiB line
+    del huge
+
+
+# --- the schema, checked once before the job starts ---------------------------------
+
+
+def test_check_columns_names_the_missing_column_and_those_present_in_one_line(tmp_path):
+    csv_path = write_csv(tmp_path / "d.csv", [["id", "body", "lang"], ["1", "Hi.", "en"]])
+    with pytest.raises(SourceError) as caught:
+        check_columns(csv_path, ColumnsConfig())
+    assert str(caught.value) == f"source {csv_path}: no column 'text'; it has 'id', 'body', 'lang'"
+    assert isinstance(caught.value, UserError) and not isinstance(caught.value, ValueError)
+    assert check_columns(csv_path, ColumnsConfig(text="body")) == ["id", "body", "lang"]
+
+    parquet_path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"key": ["1"], "text": ["Hi."]}), parquet_path)
+    with pytest.raises(SourceError, match=r"no column 'id'; it has 'key', 'text'$"):
+        check_columns(parquet_path, ColumnsConfig())
+    with pytest.raises(SourceError, match=r"no column 'speaker'"):
+        check_columns(parquet_path, ColumnsConfig(id="key", extra=["speaker"]))
+
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"id": n, "body": "Hi."} for n in range(50)])
+    with pytest.raises(SourceError, match=r"no column 'text' in its first 20 rows; they have 'id', 'body'$"):
+        check_columns(jsonl, ColumnsConfig())
+
+
+def test_check_columns_reads_only_the_schema(tmp_path):
+    # A CSV whose rows after the header are cut off: the header alone is read.
+    header_then_damage = gzip.compress(b"id,text\n" + b"".join(f"{n},Row {n}.\n".encode() for n in range(5000)))
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(header_then_damage[: len(header_then_damage) // 2])
+    assert check_columns(path, ColumnsConfig()) == ["id", "text"]
+    # JSONL: one bad first row does not fail the file; an empty file has nothing to lack.
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [b"not json", {"id": "a"}, {"id": "b", "text": "Hi.", "n": 1}])
+    assert check_columns(jsonl, ColumnsConfig()) == ["id", "text", "n"]
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert check_columns(tmp_path / "empty.jsonl", ColumnsConfig()) == []
+    with pytest.raises(SourceNotFoundError):
+        check_columns(tmp_path / "missing.csv", ColumnsConfig())
+    with pytest.raises(SourceError, match="not a dataset"):
+        check_columns(tmp_path / "book.txt", ColumnsConfig())
+
+
+def test_check_columns_of_a_saved_hugging_face_dataset(hf, tmp_path):
+    folder = tmp_path / "stories"
+    hf.Dataset.from_dict({"id": ["a"], "body": ["Hi."]}).save_to_disk(str(folder))
+    with pytest.raises(SourceError, match=r"no column 'text'; it has 'id', 'body'$"):
+        check_columns(folder, ColumnsConfig())
+    assert check_columns(f"hf:{folder}", ColumnsConfig(text="body")) == ["id", "body"]
+    stream = tmp_path / "hub-like"
+    stream.mkdir()
+    write_jsonl(stream / "part-0.jsonl", [{"id": "r", "body": "Row."}])
+    with pytest.raises(SourceError, match=r"no column 'text'; it has 'id', 'body'$"):
+        check_columns(f"hf:{stream}", ColumnsConfig())
+
+
+def test_check_columns_of_an_s3_object(s3_env, tmp_path):
+    import boto3
+
+    key = f"schema/{tmp_path.name}/d.jsonl"
+    boto3.client("s3", endpoint_url=s3_env.endpoint_url).put_object(
+        Bucket=s3_env.bucket, Key=key, Body=b'{"id": 1, "body": "Hi."}\n'
+    )
+    with pytest.raises(SourceError, match=r"no column 'text' in its first 1 rows; they have 'id', 'body'$"):
+        check_columns(f"s3://{s3_env.bucket}/{key}", ColumnsConfig(), s3=S3Config(endpoint_url=s3_env.endpoint_url))

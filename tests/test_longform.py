@@ -19,9 +19,10 @@ from workers.records import CoarseRequest, FineRequest, SemanticRequest, VoicePr
 from pipeline.voices import load_voice
 from tests.conftest import REPO
 from workers.checkpoints import load_settings_for, load_stage_model, load_tokenizer
-from workers.coarse import generate_coarse
-from workers.fine import generate_fine
-from workers.semantic import generate_semantic
+from workers.coarse import CoarsePolicy
+from workers.engine import Admission, GptEngine, run_to_completion
+from workers.fine import FineEngine
+from workers.semantic import SemanticPolicy
 
 CHAPTER = (
     "The rain had not stopped for three days. Water ran down the gutters [sighs] and the streets "
@@ -83,20 +84,13 @@ def test_chained_chunks_continue_the_previous_chunks_tokens(ray_session, tiny_mo
     for chunk in chunks:
         saved = load_voice(str(out / "chapter.tokens" / f"{chunk['index']:04d}.npz"))
         ids = tokenizer.encode(chunk["text"], add_special_tokens=False)
-        semantic = generate_semantic(
-            stages["semantic"], settings,
-            [SemanticRequest(key="k", text_ids=ids, voice=voice, seed=stage_seed(chunk["seed"], "semantic"), sampling=semantic_sampling)],
-        )[0]
-        coarse = generate_coarse(
-            stages["coarse"], settings,
-            [CoarseRequest(key="k", voice=voice, seed=stage_seed(chunk["seed"], "coarse"), sampling=CoarseSampling(**job["sampling"]["coarse"]))],
-            [semantic],
-        )[0]
-        fine = generate_fine(
-            stages["fine"], settings,
-            [FineRequest(key="k", voice=voice, seed=stage_seed(chunk["seed"], "fine"), sampling=FineSampling(**job["sampling"]["fine"]))],
-            [coarse],
-        )[0]
+        semantic_request = SemanticRequest(key="k", text_ids=ids, voice=voice, seed=stage_seed(chunk["seed"], "semantic"), sampling=semantic_sampling)
+        semantic = run_to_completion(GptEngine(stages["semantic"], SemanticPolicy(stages["semantic"], settings), 1), [Admission(0, semantic_request)])[0].tokens
+        coarse_sampling = CoarseSampling(**job["sampling"]["coarse"])
+        coarse_request = CoarseRequest(key="k", voice=voice, seed=stage_seed(chunk["seed"], "coarse"), sampling=coarse_sampling)
+        coarse = run_to_completion(GptEngine(stages["coarse"], CoarsePolicy(stages["coarse"], settings), 1), [Admission(0, coarse_request, semantic)])[0].tokens
+        fine_request = FineRequest(key="k", voice=voice, seed=stage_seed(chunk["seed"], "fine"), sampling=FineSampling(**job["sampling"]["fine"]))
+        fine = run_to_completion(FineEngine(stages["fine"], settings, 1), [Admission(0, fine_request, coarse)])[0].tokens
         np.testing.assert_array_equal(saved.semantic_prompt, semantic)
         np.testing.assert_array_equal(saved.coarse_prompt, coarse)
         np.testing.assert_array_equal(saved.fine_prompt, fine)

@@ -14,7 +14,7 @@ import torch
 
 from workers.config import ModelConfig
 from workers.checkpoints import load_stage_model
-from workers.fine import _logits as fine_logits
+from workers.fine import logits_for as fine_logits
 from workers.gpt import run_blocks
 
 # dtype: (least top-1 agreement with fp32, largest logit difference relative to the

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import re
+import tracemalloc
 import zipfile
 
 import pytest
 from ebooklib import epub
 
-from pipeline.sources import Item, ItemError, iter_file_items, iter_text_items, markdown_to_text
+from pipeline.config import LimitsConfig
+from pipeline.sources import (
+    Item,
+    ItemError,
+    SourceError,
+    SourceNotFoundError,
+    iter_file_items,
+    iter_text_items,
+    markdown_to_text,
+)
 from pipeline.text import make_chunks
+from workers.errors import UserError
 
 
 def write(path, content: str | bytes):
@@ -41,23 +54,35 @@ def test_directory_is_recursive_and_sorted_and_skips_other_and_hidden_files(tmp_
     write(tmp_path / ".hidden.txt", "not narrated")
     write(tmp_path / ".git" / "x.txt", "not narrated")
     items = list(iter_file_items(tmp_path))
-    assert [(i.id, i.text.strip()) for i in items] == [("a", "A"), ("b", "B"), ("c", "C"), ("d", "D")]
+    assert [(i.id, i.text.strip()) for i in items] == [("a", "A"), ("b", "B"), ("sub/c", "C"), ("sub/d", "D")]
 
 
-def test_shared_stems_use_relative_paths(tmp_path):
-    write(tmp_path / "part1" / "intro.txt", "one")
-    write(tmp_path / "part2" / "intro.txt", "two")
+def test_ids_are_paths_relative_to_the_folder_and_adding_files_changes_none(tmp_path):
     write(tmp_path / "intro.txt", "zero")
-    write(tmp_path / "part2" / "outro.txt", "end")
-    ids = [i.id for i in iter_file_items(tmp_path)]
-    assert ids == ["intro", "part1/intro", "part2/intro", "outro"]
-    assert len(set(ids)) == len(ids)
+    write(tmp_path / "part1" / "intro.md", "one")
+    before = {i.id: i.text.strip() for i in iter_file_items(tmp_path)}
+    assert before == {"intro": "zero", "part1/intro": "one"}
+
+    # The issue's trap: a same-named file elsewhere used to rename "intro" to a path.
+    write(tmp_path / "part2" / "intro.txt", "two")
+    write(tmp_path / "b" / "intro.md", "bee")
+    write(tmp_path / "a.txt", "first by name")
+    after = {i.id: i.text.strip() for i in iter_file_items(tmp_path)}
+    assert {k: after[k] for k in before} == before
+    assert list(after) == ["a", "b/intro", "intro", "part1/intro", "part2/intro"]
 
 
-def test_same_stem_in_two_formats_keeps_the_suffix(tmp_path):
-    write(tmp_path / "intro.md", "markdown")
+def test_files_that_differ_only_by_suffix_keep_one_id_and_the_other_fails_by_its_path(tmp_path):
     write(tmp_path / "intro.txt", "text")
-    assert [i.id for i in iter_file_items(tmp_path)] == ["intro.md", "intro.txt"]
+    write(tmp_path / "intro.md", "markdown")
+    write(tmp_path / "z.txt", "still read")
+    results = list(iter_file_items(tmp_path))
+    assert [type(r) for r in results] == [Item, ItemError, Item]
+    assert (results[0].id, results[0].text.strip()) == ("intro", "markdown")  # .md sorts before .txt
+    error = results[1]
+    assert (error.id, error.field) == ("intro.txt", "id")  # never the id of the item it clashes with
+    assert error.message == "intro.txt would have the id 'intro' of intro.md (an id leaves out the suffix); rename one of them"
+    assert results[2].id == "z"
 
 
 def test_bad_items_become_errors_and_the_stream_goes_on(tmp_path):
@@ -96,10 +121,29 @@ def test_files_are_read_one_item_at_a_time(tmp_path):
 
 
 def test_missing_path_and_unknown_file_type(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SourceNotFoundError, match="no such file or folder") as missing:
         next(iter_file_items(tmp_path / "nope"))
-    with pytest.raises(ValueError, match=r"'\.csv'.*\.txt, \.md, \.markdown, \.epub"):
+    assert isinstance(missing.value, (UserError, FileNotFoundError))
+    with pytest.raises(SourceError, match=r"'\.csv'.*\.txt, \.md, \.markdown, \.epub") as unknown:
         next(iter_file_items(write(tmp_path / "x.csv", "a,b")))
+    assert isinstance(unknown.value, UserError) and not isinstance(unknown.value, ValueError)
+
+
+def test_a_text_file_over_the_byte_limit_fails_alone_without_being_read(tmp_path):
+    limit = 1 << 20
+    write(tmp_path / "a_huge.txt", "word " * (limit // 2))  # 2.5 MiB
+    write(tmp_path / "b.txt", "Small.")
+    tracemalloc.start()
+    try:
+        results = list(iter_file_items(tmp_path, LimitsConfig(max_item_bytes=limit)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [type(r) for r in results] == [ItemError, Item]
+    assert results[0].id == "a_huge" and results[0].field == "text"
+    assert results[0].message.endswith("a_huge.txt is over limits.max_item_bytes (1048576 bytes)")
+    assert peak < 2 * limit  # read no further than the limit
+    assert [type(r) for r in iter_file_items(tmp_path)] == [Item, Item]  # the default allows 16 MiB
 
 
 # --- .md -------------------------------------------------------------------------
@@ -170,6 +214,33 @@ def test_bad_front_matter_is_an_item_error(tmp_path, front_matter, message):
     assert isinstance(results[0], ItemError) and results[0].field == "front_matter"
     assert message in results[0].message
     assert results[1].id == "b"
+
+
+def test_front_matter_keys_we_do_not_use_are_kept_as_metadata(tmp_path):
+    front = (
+        "title: The Rain\nauthor: Ann Smith\ndate: 2024-05-01\ntags: [rain, sea]\n"
+        "draft: false\n1999: a year as a key\nvoice: v2/en_speaker_1\nseed: 7\n"
+    )
+    (item,) = iter_file_items(write(tmp_path / "rain.md", f"---\n{front}---\nText."))
+    assert item.title == "The Rain"
+    assert item.params == {"voice": "v2/en_speaker_1", "seed": 7}  # the settings, which the job validates
+    assert item.extra == {
+        "author": "Ann Smith", "date": "2024-05-01", "tags": ["rain", "sea"], "draft": False, "1999": "a year as a key",
+    }
+    json.dumps(item.extra)  # what the item's metadata file will hold
+
+
+def test_front_matter_nested_too_deep_fails_its_file_alone(tmp_path):
+    deep = "[" * 300 + "]" * 300
+    write(tmp_path / "a.md", f"---\nnotes: {deep}\n---\nText.")
+    write(tmp_path / "b.md", "---\nnotes: " + "[" * 5000 + "]" * 5000 + "\n---\nText.")  # past Python's recursion
+    write(tmp_path / "c.md", "---\nnotes: [[[ok]]]\n---\nText.")
+    results = list(iter_file_items(tmp_path))
+    assert [(type(r), r.id) for r in results] == [(ItemError, "a"), (ItemError, "b"), (Item, "c")]
+    assert results[0].field == "front_matter"
+    assert results[0].message.endswith("a.md: 'notes' nests deeper than limits.max_metadata_depth (32)")
+    assert "limits.max_metadata_depth" in results[1].message and "\n" not in results[1].message
+    assert results[2].extra == {"notes": [[["ok"]]]}
 
 
 def test_markdown_with_nothing_to_say_is_an_item_error(tmp_path):
@@ -271,3 +342,46 @@ def test_corrupt_and_empty_epubs_are_one_item_error_each(tmp_path):
     assert [type(r) for r in results] == [ItemError, ItemError, Item]
     assert results[0].id == "a_corrupt" and results[0].field == "file" and "EPUB" in results[0].message
     assert results[1].id == "b_empty" and "no text" in results[1].message
+
+
+def epub_with_chapter_bytes(path, chapter_bytes: int):
+    """A real EPUB whose second chapter is ``chapter_bytes`` of one repeated paragraph:
+    it deflates about 1000:1, as the 196 KB EPUB of the issue that took 416 MB did."""
+    make_epub(path, CHAPTERS[1:3])
+    paragraph = b"<p>" + b"All work and no play. " * 40 + b"</p>"
+    body = paragraph * (chapter_bytes // len(paragraph))
+    bomb = path.with_name("bomb-" + path.name)
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as copy:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("ch2.xhtml"):
+                data = data.replace(b"<section>", b"<section>" + body)
+            copy.writestr(info, data, compress_type=zipfile.ZIP_STORED if info.filename == "mimetype" else None)
+    bomb.replace(path)
+    return path
+
+
+def test_an_epub_that_inflates_past_the_ratio_fails_alone_before_inflating(tmp_path):
+    epub_with_chapter_bytes(tmp_path / "a_bomb.epub", 64 << 20)
+    assert (tmp_path / "a_bomb.epub").stat().st_size < 256_000
+    write(tmp_path / "b.txt", "Still read.")
+    tracemalloc.start()
+    try:
+        results = list(iter_file_items(tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(type(r), r.id) for r in results] == [(ItemError, "a_bomb"), (Item, "b")]
+    assert results[0].field == "file"
+    assert re.search(r"a_bomb\.epub EPUB/ch2\.xhtml is compressed \d+:1, over limits\.max_compression_ratio \(100:1\)$", results[0].message)
+    assert peak < 4 << 20
+
+
+def test_an_epub_over_its_inflated_size_limit_fails_and_a_raised_limit_reads_it(tmp_path):
+    path = epub_with_chapter_bytes(tmp_path / "long.epub", 3 << 20)
+    tight = LimitsConfig(max_epub_bytes="2MiB", max_compression_ratio=10_000)
+    (error,) = iter_file_items(path, tight)
+    assert error.message.endswith("long.epub inflates to more than limits.max_epub_bytes (2097152 bytes)")
+    roomy = LimitsConfig(max_epub_bytes="8MiB", max_compression_ratio=10_000)
+    items = list(iter_file_items(path, roomy))
+    assert [i.id for i in items] == ["long/001", "long/002"] and len(items[1].text) > 3_000_000

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import math
+import random
 import re
 import unicodedata
 
@@ -10,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pipeline.text as text_module
 from pipeline.text import (
-    BARK_MAX_TEXT_TOKENS,
     CUE,
     TextChunk,
     chapters,
@@ -20,6 +22,9 @@ from pipeline.text import (
     normalize_text,
     split_sentences,
 )
+from workers.settings import BarkSettings
+
+TEXT_WINDOW = BarkSettings().semantic.max_input_semantic_length  # the semantic model's text tokens (256)
 
 
 def count_words(text: str) -> int:
@@ -273,8 +278,85 @@ def test_impossible_budget_is_an_error():
         make_chunks("abc", lambda s: 5, 100, 4)
     with pytest.raises(ValueError):
         make_chunks("abc", count_words, 0, 4)
-    with pytest.raises(ValueError, match="256"):
-        make_chunks("abc", count_words, 100, BARK_MAX_TEXT_TOKENS + 1)
+
+
+# --- make_chunks: work grows with the text, not with its square ----------------
+
+LONG_PARAGRAPH_CHARS = 1_000_000
+
+
+def long_paragraph(kind: str, size: int = LONG_PARAGRAPH_CHARS) -> str:
+    """One paragraph of ``size`` characters: varied sentences, words without a single
+    mark, "Hi." over and over, or CJK without spaces or sentence ends."""
+    rng = random.Random(0)
+    words = "the narrator spoke softly and then lighthouse keeper über naïve Привет".split()
+    pieces, length = [], 0
+    while length < size:
+        if kind == "sentences":
+            sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 15)))
+            piece = sentence[0].upper() + sentence[1:] + rng.choice(".!?,;")
+        elif kind == "words":
+            piece = rng.choice(words)
+        elif kind == "tiny sentences":
+            piece = "Hi."
+        else:
+            piece = rng.choice(["我们去公园散步", "今天天气很好", "そうです", "，"])
+        pieces.append(piece)
+        length += len(piece) + 1
+    return ("" if kind == "cjk" else " ").join(pieces)[:size]
+
+
+class CountingTokenizer:
+    """A token counter that also counts its calls and the characters it is given."""
+
+    def __init__(self, count_tokens):
+        self.count_tokens = count_tokens
+        self.calls = 0
+        self.chars = 0
+
+    def __call__(self, text: str) -> int:
+        self.calls += 1
+        self.chars += len(text)
+        return self.count_tokens(text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "count_tokens", "max_tokens"),
+    [
+        ("sentences", words_and_marks, 200),  # the character budget ends each chunk
+        ("words", words_and_marks, 200),  # one 1 MB sentence: packed from its words
+        ("tiny sentences", words_and_marks, 200),  # a candidate sentence end every 4 characters
+        ("words", len, 100),  # the token budget ends each chunk: found by bisection
+        ("cjk", len, 100),  # no spaces: every character is a word
+    ],
+)
+def test_chunking_one_long_paragraph_reads_each_character_a_bounded_number_of_times(
+    kind, count_tokens, max_tokens, monkeypatch
+):
+    """Linear work, counted rather than timed (the quadratic version took 582 s on 1 MB):
+    the tokenizer is called a few times per chunk, never once per sentence or word,
+    and the sentence-end rule reads a fixed context around each candidate end, never
+    the whole paragraph."""
+    text = long_paragraph(kind)
+    tokenizer = CountingTokenizer(count_tokens)
+    context_chars = []
+    is_sentence_end = text_module._is_sentence_end
+
+    def reading_sentence_end(context: str, cut: int, language: str) -> bool:
+        context_chars.append(len(context))
+        return is_sentence_end(context, cut, language)
+
+    monkeypatch.setattr(text_module, "_is_sentence_end", reading_sentence_end)
+    max_chars = 220
+    chunks = make_chunks(text, tokenizer, max_chars, max_tokens, "en")
+
+    assert re.sub(r"\s", "", "".join(c.text for c in chunks)) == re.sub(r"\s", "", text)
+    assert all(c.n_tokens <= max_tokens and len(c.text) <= max_chars for c in chunks)
+    # A bisection over at most max_chars pieces, and the first try: per chunk.
+    calls_per_chunk = 2 + math.log2(max_chars)
+    assert tokenizer.calls <= calls_per_chunk * len(chunks)
+    assert tokenizer.chars <= calls_per_chunk * len(text)
+    assert sum(context_chars) <= 2 * text_module._SENTENCE_CONTEXT_CHARS * len(text) / 4  # an end every 4 chars at most
 
 
 # --- make_chunks: properties for any input ----------------------------------
@@ -347,7 +429,7 @@ def _allowed_glued_cut(text: str, at: int, count_tokens, max_tokens: int) -> boo
     count_tokens=st.sampled_from([len, words_and_marks]),
     max_chars=st.one_of(st.integers(1, 30), st.integers(1, 400)),
     # Tiny budgets reach the error for an uncuttable unit; the others never do.
-    max_tokens=st.one_of(st.integers(1, 8), st.integers(16, 60), st.integers(16, BARK_MAX_TEXT_TOKENS)),
+    max_tokens=st.one_of(st.integers(1, 8), st.integers(16, 60), st.integers(16, TEXT_WINDOW)),
 )
 def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_tokens, max_chars, max_tokens):
     text, structure = case
@@ -394,7 +476,7 @@ def test_sentences_that_fit_are_never_split(case, extra):
     text, _ = case
     sentences = split_sentences(text, "en")
     max_chars = max((len(s) for s in sentences), default=1) + extra
-    chunks = make_chunks(text, count_words, max_chars, BARK_MAX_TEXT_TOKENS, "en")
+    chunks = make_chunks(text, count_words, max_chars, TEXT_WINDOW, "en")
     # Each chunk is a run of whole consecutive sentences (spaces aside: CJK has none).
     rebuilt = iter(re.sub(r"\s", "", s) for s in sentences)
     for chunk in chunks:

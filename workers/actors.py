@@ -3,24 +3,25 @@
 The driver calls ``process`` once per chunk with the previous stage's output
 ref as an argument: Ray resolves it in this process, so tokens travel actor to
 actor and never through the driver. Each actor is an async actor: calls only
-queue their chunk and wait, while one worker thread owns the model and forms
-batches from whatever is queued:
+queue their chunk (:class:`workers.batching.BatchQueue`) and wait, while one
+serving thread owns the model and drives the stage's engine, the same loop for
+every stage:
 
-- fine and codec gather up to ``batch_size`` chunks (waiting at most
-  ``max_wait_ms`` for a partial batch to fill), picking chunks of similar
-  length together;
-- semantic and coarse (``continuous: true``) decode in slots: a finished chunk
-  leaves at once and a queued one is prefilled into its slot between steps.
+- semantic and coarse: the slot engine (:class:`workers.engine.GptEngine`): a
+  finished chunk leaves its slot at once and a queued one is prefilled into it
+  before the next step (``continuous: false``: a new batch only enters an empty
+  engine);
+- fine and codec: a batch engine, up to ``batch_size`` chunks of similar length
+  at a time, waiting at most ``max_wait_ms`` for a partial batch to fill.
 
-Every chunk keeps its own sampler and seed, so its tokens never depend on what
-it was batched with.
+Every chunk keeps its own seed and settings, so its tokens never depend on what
+it was batched with; a chunk whose numbers go bad fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import threading
 import time
 import warnings
@@ -31,26 +32,23 @@ import numpy as np
 import ray
 import torch
 
-from workers.config import ModelConfig, StageConfig, StageName
-from workers.records import (
-    AudioOutput,
-    BatchRecord,
-    CodecRequest,
-    CoarseRequest,
-    FineRequest,
-    SemanticRequest,
-    StageOutput,
-    VoicePrompt,
-)
+from workers.batching import BatchQueue
 from workers.checkpoints import load_settings_for, load_stage_model
-from workers.coarse import CoarseEngine, generate_coarse
-from workers.codec import decode_audio
-from workers.fine import generate_fine
+from workers.codec import CodecEngine
+from workers.coarse import CoarsePolicy
+from workers.config import ModelConfig, StageConfig, StageName
+from workers.engine import Admission, Engine, Finished, GptEngine
+from workers.fine import FineEngine
 from workers.metrics import StageMetrics
-from workers.semantic import SemanticEngine, generate_semantic
+from workers.records import AudioOutput, BatchRecord, StageOutput, VoicePrompt
+from workers.semantic import SemanticPolicy
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SPANS_KEPT = 50_000  # forward-pass spans each replica remembers for stats()
+
+
+class ChunkFailed(RuntimeError):
+    """One chunk could not be computed (its own numbers went bad); the others went on."""
 
 
 def stage_device() -> torch.device:
@@ -96,7 +94,9 @@ class StageWorker:
         self.settings = load_settings_for(model)
         self.model = load_stage_model(model, self.stage, self.device, dtype, "eager")
         self.dtype = dtype
-        self._inbox: queue.Queue[_Pending] = queue.Queue()
+        self._queue: BatchQueue[_Pending] = BatchQueue(config.max_wait_ms / 1000, self._length)
+        # Built here, so a setting that cannot work (cuda_graphs without a GPU) fails at start-up.
+        self._engine = self._build_engine()
         self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
         self._server: threading.Thread | None = None
         self.metrics = StageMetrics(self.stage, replica)
@@ -131,7 +131,7 @@ class StageWorker:
             self._server = threading.Thread(target=self._serve, name=f"{self.stage}-server", daemon=True)
             self._server.start()
         self.metrics.chunk_received()
-        self._inbox.put(pending)
+        self._queue.put(pending)
         return await pending.future
 
     def stats(self, since: float = 0.0) -> list[BatchRecord]:
@@ -139,52 +139,37 @@ class StageWorker:
 
     # -- the serving thread -------------------------------------------------
 
+    def _build_engine(self) -> Engine:
+        raise NotImplementedError
+
+    @property
+    def _by_length(self) -> bool:
+        """Whether a batch gathers chunks of similar length (a continuous engine takes them in order)."""
+        return True
+
     def _serve(self) -> None:
-        waiting: deque[_Pending] = deque()
+        """The one loop of every stage: admit what the engine has room for, step it, hand back
+        what finished. An engine that raises fails the chunks inside it and starts clean."""
+        inside: set[_Pending] = set()
         while True:
-            self._take(waiting, block=not waiting)
-            batch = self._choose(waiting)
-            started = time.time()
-            clock = time.perf_counter()
+            engine = self._engine
+            self._queue.fill(block=not engine.active, want=engine.room())
+            admitted = self._queue.take(engine.room(), by_length=self._by_length)
+            inside.update(admitted)
+            started, clock = time.time(), time.perf_counter()
             try:
-                results = self._compute([p.request for p in batch], [p.upstream.tokens for p in batch] if self.upstream else [])
-            except Exception as exc:  # the batch's calls fail; Ray reports it to the driver per chunk
-                self._fail(batch, exc)
+                finished = engine.admit([Admission(p, p.request, p.upstream.tokens if p.upstream else None) for p in admitted])
+                if engine.active:
+                    size = engine.active
+                    finished += engine.step()
+                    self._record(started, time.perf_counter() - clock, size, len(self._queue))
+            except Exception as exc:  # a fault of the engine, not of one chunk: Ray reports it per chunk
+                self._fail(list(inside), exc)
+                inside.clear()
+                self._engine = self._build_engine()
                 continue
-            seconds = time.perf_counter() - clock
-            self._record(started, seconds, len(batch), len(waiting))
-            self._finish([(p, result, seconds / len(batch)) for p, result in zip(batch, results)])
-
-    def _take(self, waiting: deque[_Pending], *, block: bool) -> None:
-        """Moves queued chunks into ``waiting``; when blocking, waits for one and then up to
-        ``max_wait_ms`` more for a full batch."""
-        if block:
-            waiting.append(self._inbox.get())
-            deadline = time.perf_counter() + self.config.max_wait_ms / 1000
-            while len(waiting) < self.config.batch_size:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    waiting.append(self._inbox.get(timeout=remaining))
-                except queue.Empty:
-                    break
-        while True:
-            try:
-                waiting.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return
-
-    def _choose(self, waiting: deque[_Pending]) -> list[_Pending]:
-        """The oldest chunk and the waiting chunks closest to it in length, up to a batch."""
-        oldest = waiting[0]
-        size = self._length(oldest)
-        nearest = sorted(range(len(waiting)), key=lambda i: (abs(self._length(waiting[i]) - size), i))
-        chosen = set(nearest[: self.config.batch_size])
-        batch = [p for i, p in enumerate(waiting) if i in chosen]
-        for p in batch:
-            waiting.remove(p)
-        return batch
+            inside.difference_update(f.handle for f in finished)
+            self._finish(finished)
 
     def _length(self, pending: _Pending) -> int:
         """How much work a chunk is, for grouping: its input length."""
@@ -201,25 +186,28 @@ class StageWorker:
             return
         self._spans.append(BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=ended, size=size, queued=queued))
 
-    def _finish(self, finished: list[tuple[_Pending, object, float]]) -> None:
-        """Hands finished chunks back: ``(pending, result, compute seconds of this chunk)``."""
+    def _finish(self, finished: list[Finished]) -> None:
+        """Hands finished chunks back, or their one-line error."""
         if not finished:
             return
         now = time.perf_counter()
-        self.metrics.chunks_done(len(finished), [now - p.arrived for p, _, _ in finished])
-        for p, result, seconds in finished:
-            output = self._output(p.request.key, result, p.upstream, seconds)
+        done = [f for f in finished if f.error is None]
+        self.metrics.chunks_done(len(done), [now - f.handle.arrived for f in done])
+        self.metrics.failure(len(finished) - len(done))
+        for f in finished:
+            pending: _Pending = f.handle
+            if f.error is not None:
+                pending.resolve(error=ChunkFailed(f"{self.stage}: {f.error}"))
+                continue
+            output = self._output(pending.request.key, f.tokens, pending.upstream, f.seconds)
             if isinstance(output, AudioOutput):
                 self.metrics.audio_seconds(len(output.audio) / output.sample_rate)
-            p.resolve(output)
+            pending.resolve(output)
 
     def _fail(self, pendings: list[_Pending], error: Exception) -> None:
         self.metrics.failure(len(pendings))
         for p in pendings:
             p.resolve(error=error)
-
-    def _compute(self, requests: list, inputs: list) -> list:
-        raise NotImplementedError
 
     def _output(self, key: str, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
         """This stage's tokens, with the chunk's earlier tokens carried along for chained voices."""
@@ -236,84 +224,46 @@ class StageWorker:
         return VoicePrompt(
             name=history.key,
             semantic_prompt=_or_empty(tokens.get("semantic"), (0,)),
-            coarse_prompt=_or_empty(tokens.get("coarse"), (self.settings.coarse.n_coarse_codebooks, 0)),
-            fine_prompt=_or_empty(tokens.get("fine"), (self.settings.fine.n_fine_codebooks, 0)),
+            coarse_prompt=_or_empty(tokens.get("coarse"), (self.settings.n_coarse_codebooks, 0)),
+            fine_prompt=_or_empty(tokens.get("fine"), (self.settings.n_fine_codebooks, 0)),
         )
-
-
-class ContinuousWorker(StageWorker):
-    """An autoregressive stage that decodes in slots (continuous batching)."""
-
-    def __init__(self, model: ModelConfig, config: StageConfig, replica: int = 0) -> None:
-        super().__init__(model, config, replica)
-        # Built here, so a setting that cannot work (cuda_graphs without a GPU) fails at start-up.
-        self._first_engine = self._engine() if config.continuous else None
-
-    def _engine(self):
-        raise NotImplementedError
-
-    def _admit(self, engine, handles: list[_Pending]) -> list:
-        raise NotImplementedError
-
-    def _serve(self) -> None:
-        if not self.config.continuous:
-            return super()._serve()
-        engine, self._first_engine = self._first_engine, None
-        waiting: deque[_Pending] = deque()
-        while True:
-            self._take(waiting, block=not waiting and not engine.active)
-            started = time.time()
-            clock = time.perf_counter()
-            admitted = [waiting.popleft() for _ in range(min(len(engine.free), len(waiting)))]
-            try:
-                finished = self._admit(engine, admitted) if admitted else []
-                if engine.active:
-                    size = engine.active
-                    finished += engine.step()
-                    self._record(started, time.perf_counter() - clock, size, len(waiting))
-            except Exception as exc:  # every chunk in the slots fails with it; the engine starts clean
-                in_slots = [row.handle for row in engine.rows.values()]
-                self._fail(admitted + [p for p in in_slots if p not in admitted], exc)
-                engine = self._engine()
-                continue
-            self._finish(finished)
 
 
 def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:
     return np.zeros(empty_shape, dtype=np.int64) if tokens is None else tokens
 
 
+class _GptWorker(StageWorker):
+    """A stage served by the slot engine."""
+
+    @property
+    def _by_length(self) -> bool:
+        return not self.config.continuous
+
+    def _gpt_engine(self, policy) -> GptEngine:
+        c = self.config
+        return GptEngine(self.model, policy, c.batch_size, c.attn_implementation, c.decode_compile, continuous=c.continuous)
+
+
 @ray.remote
-class SemanticWorker(ContinuousWorker):
+class SemanticWorker(_GptWorker):
     stage = "semantic"
     upstream = None
 
-    def _compute(self, requests: list[SemanticRequest], _inputs: list) -> list:
-        return generate_semantic(self.model, self.settings, requests)
-
-    def _engine(self) -> SemanticEngine:
-        return SemanticEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation, self.config.decode_compile)
-
-    def _admit(self, engine: SemanticEngine, handles: list[_Pending]) -> list:
-        return engine.admit(handles, [p.request for p in handles])
+    def _build_engine(self) -> Engine:
+        return self._gpt_engine(SemanticPolicy(self.model, self.settings))
 
     def _length(self, pending: _Pending) -> int:
         return len(pending.request.text_ids)
 
 
 @ray.remote
-class CoarseWorker(ContinuousWorker):
+class CoarseWorker(_GptWorker):
     stage = "coarse"
     upstream = "semantic"
 
-    def _compute(self, requests: list[CoarseRequest], semantic: list) -> list:
-        return generate_coarse(self.model, self.settings, requests, semantic)
-
-    def _engine(self) -> CoarseEngine:
-        return CoarseEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation, self.config.decode_compile)
-
-    def _admit(self, engine: CoarseEngine, handles: list[_Pending]) -> list:
-        return engine.admit(handles, [p.request for p in handles], [p.upstream.tokens for p in handles])
+    def _build_engine(self) -> Engine:
+        return self._gpt_engine(CoarsePolicy(self.model, self.settings))
 
 
 @ray.remote
@@ -321,11 +271,11 @@ class FineWorker(StageWorker):
     stage = "fine"
     upstream = "coarse"
 
-    def _compute(self, requests: list[FineRequest], coarse: list) -> list:
-        return generate_fine(self.model, self.settings, requests, coarse, self.config.attn_implementation)
+    def _build_engine(self) -> Engine:
+        return FineEngine(self.model, self.settings, self.config.batch_size, self.config.attn_implementation)
 
     def _length(self, pending: _Pending) -> int:
-        """Fine work grows with the number of 1024-frame windows, not with frames."""
+        """Fine work grows with the number of windows, not with frames."""
         return pending.upstream.tokens.shape[-1] // self.settings.fine.max_fine_history_length
 
 
@@ -334,8 +284,8 @@ class CodecWorker(StageWorker):
     stage = "codec"
     upstream = "fine"
 
-    def _compute(self, requests: list[CodecRequest], fine: list) -> list:
-        return decode_audio(self.model, fine)
+    def _build_engine(self) -> Engine:
+        return CodecEngine(self.model, self.config.batch_size)
 
     def _output(self, key: str, result, upstream: StageOutput, seconds: float) -> AudioOutput:
         timings = {**upstream.timings, self.stage: seconds}

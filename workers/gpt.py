@@ -1,9 +1,9 @@
-"""Bark's GPT blocks run over a preallocated slot KV cache.
+"""Bark's GPT blocks over a preallocated slot KV cache.
 
 Continuous batching needs what transformers' Bark forward cannot give: every
 row of a batch at its own position, rows joining and leaving between steps, and
-keys/values in one fixed tensor (so a decode step has a fixed shape and can be
-compiled or captured as a CUDA graph). These functions reuse the loaded
+keys/values in one fixed tensor, so that a decode step has one fixed shape and
+can be compiled or captured as a CUDA graph. These functions reuse the loaded
 model's own modules (embeddings, layer norms, projections, MLPs, heads) and
 replace only the attention bookkeeping.
 
@@ -21,21 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.config import AttentionImpl
-
-
-class SlotCache:
-    """Keys and values for ``slots`` sequences of up to the model's ``block_size`` positions."""
-
-    def __init__(self, model, slots: int) -> None:
-        cfg = model.config
-        weight = model.lm_head.weight
-        self.heads = cfg.num_heads
-        self.head_dim = cfg.hidden_size // cfg.num_heads
-        self.capacity = cfg.block_size
-        shape = (len(model.layers), slots, self.heads, self.capacity, self.head_dim)
-        self.keys = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
-        self.values = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
-        self.lengths = torch.zeros(slots, dtype=torch.long, device=weight.device)
+from workers.slots import SlotCache
 
 
 def _split_heads(projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,90 +68,40 @@ def run_blocks(model, hidden: torch.Tensor, impl: AttentionImpl, *, causal: bool
 
 def prefill(model, cache: SlotCache, slots: torch.Tensor, embeds: torch.Tensor, impl: AttentionImpl) -> torch.Tensor:
     """Runs equal-length prompts (rows, length, hidden: token embeddings without positions)
-    into ``slots``, replacing what those slots held; returns each row's next-token logits."""
+    into ``slots``, replacing what those slots held; returns each row's next-token logits
+    (rows, vocab)."""
     length = embeds.shape[1]
     if length > cache.capacity:
         raise ValueError(f"prompt of {length} positions exceeds the model's block size {cache.capacity}")
     positions = torch.arange(length, device=embeds.device)
-    hidden = model.drop(embeds + model.position_embeds_layer(positions)[None])
+    hidden = model.drop(embeds + model.position_embeds_layer(positions)[None])  # rows, length, hidden
 
     def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         cache.keys[layer, slots, :, :length] = k
         cache.values[layer, slots, :, :length] = v
 
     hidden = run_blocks(model, hidden, impl, causal=True, on_kv=store)
-    cache.lengths[slots] = length
-    return model.lm_head(hidden)[:, -1, :]
+    return model.lm_head(hidden[:, -1:])[:, 0]  # rows, vocab
 
 
-def _step_blocks(model, cache: SlotCache, slots: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int | None) -> torch.Tensor:
-    """The blocks for one token per slot at ``positions``: writes each slot's new key and
-    value, attends over its first ``width`` keys (None: every slot, whole capacity, read
-    as a view), and returns the next logits per row."""
-    hidden = model.drop(model.input_embeds_layer(tokens)[:, None] + model.position_embeds_layer(positions)[:, None])
-    key_index = torch.arange(cache.capacity if width is None else width, device=tokens.device)
-    allowed = (key_index[None, :] <= positions[:, None])[:, None, None, :]  # rows, 1, 1, keys
+def decode(model, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor, impl: AttentionImpl) -> torch.Tensor:
+    """One token into every slot at that slot's position: one fixed shape whatever is active.
+
+    ``tokens``, ``positions``: (slots,). Each slot's new key and value are written at
+    its position and it attends over its own cache up to there, read in place (a view
+    of the whole capacity, no gather). Idle slots compute a throwaway row; the caller
+    keeps their state. Returns the next-token logits (slots, vocab).
+    """
+    slots = torch.arange(tokens.shape[0], device=tokens.device)
+    positions = positions.clamp(max=cache.capacity - 1)
+    hidden = model.drop(model.input_embeds_layer(tokens) + model.position_embeds_layer(positions))[:, None]  # slots, 1, hidden
+    key_index = torch.arange(cache.capacity, device=tokens.device)
+    allowed = (key_index[None, :] <= positions[:, None])[:, None, None, :]  # slots, 1, 1, capacity
     for index, block in enumerate(model.layers):
-        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)
+        q, k, v = _split_heads(block.attn.att_proj(block.layernorm_1(hidden)), block.attn.num_heads)  # slots, heads, 1, head_dim
         cache.keys[index, slots, :, positions] = k[:, :, 0]
         cache.values[index, slots, :, positions] = v[:, :, 0]
-        if width is None:
-            keys, values = cache.keys[index], cache.values[index]
-        else:
-            keys, values = cache.keys[index, slots, :, :width], cache.values[index, slots, :, :width]
-        hidden = hidden + block.attn.out_proj(_merge_heads(attend(q, keys, values, allowed, impl)))
+        attended = attend(q, cache.keys[index], cache.values[index], allowed, impl)  # slots, heads, 1, head_dim
+        hidden = hidden + block.attn.out_proj(_merge_heads(attended))
         hidden = hidden + block.mlp(block.layernorm_2(hidden))
-    return model.lm_head(model.layernorm_final(hidden))[:, -1, :]
-
-
-def decode(model, cache: SlotCache, slots: torch.Tensor, tokens: torch.Tensor, impl: AttentionImpl, width: int) -> torch.Tensor:
-    """One token per given slot, each at its own position; returns the next logits per row.
-    Keys beyond ``width`` are not read (every given slot must be shorter than it)."""
-    positions = cache.lengths[slots]
-    logits = _step_blocks(model, cache, slots, positions, tokens, impl, width)
-    cache.lengths[slots] = positions + 1
-    return logits
-
-
-def decode_active(model, cache: SlotCache, slots: list[int], last_tokens: list[int], impl: AttentionImpl, compiled=None) -> torch.Tensor:
-    """One decode step of the given slots: through the compiled fixed-shape step when there
-    is one, else reading keys only as far as the longest of them."""
-    if compiled is not None:
-        return compiled(slots, last_tokens)
-    index = torch.tensor(slots, device=cache.lengths.device)
-    tokens = torch.tensor(last_tokens, dtype=torch.long, device=cache.lengths.device)
-    return decode(model, cache, index, tokens, impl, width=int(cache.lengths[index].max()) + 1)
-
-
-def decode_all(model, cache: SlotCache, tokens: torch.Tensor, active: torch.Tensor, impl: AttentionImpl) -> torch.Tensor:
-    """``decode`` over every slot and the whole capacity: one fixed shape, for compiled steps.
-
-    Idle slots (``active`` false) compute a throwaway row and keep their length.
-    """
-    positions = cache.lengths.clamp(max=cache.capacity - 1)
-    slots = torch.arange(len(tokens), device=tokens.device)
-    logits = _step_blocks(model, cache, slots, positions, tokens, impl, width=None)
-    cache.lengths.copy_(torch.where(active, positions + 1, cache.lengths))
-    return logits
-
-
-def compiled_decode(model, cache: SlotCache, impl: AttentionImpl, how: str):
-    """A step function ``(slots, last_tokens) -> logits`` of the active rows, built on a
-    compiled ``decode_all``: ``torch_compile`` (inductor), or ``cuda_graphs`` (inductor
-    with its CUDA-graph mode, replaying the captured step; GPU only)."""
-    if how == "cuda_graphs" and cache.keys.device.type != "cuda":
-        raise ValueError("decode_compile: cuda_graphs needs a GPU; use torch_compile or off")
-    mode = "reduce-overhead" if how == "cuda_graphs" else None
-    step = torch.compile(decode_all, mode=mode, dynamic=False)
-    n_slots = cache.lengths.shape[0]
-    device = cache.lengths.device
-
-    def run(slots: list[int], last_tokens: list[int]) -> torch.Tensor:
-        tokens = torch.zeros(n_slots, dtype=torch.long, device=device)
-        active = torch.zeros(n_slots, dtype=torch.bool, device=device)
-        index = torch.tensor(slots, device=device)
-        tokens[index] = torch.tensor(last_tokens, dtype=torch.long, device=device)
-        active[index] = True
-        return step(model, cache, tokens, active, impl)[index]
-
-    return run
+    return model.lm_head(model.layernorm_final(hidden))[:, 0]  # slots, vocab
