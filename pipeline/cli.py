@@ -68,7 +68,7 @@ def _items(source: str, config):
     from pipeline.sources import READERS, iter_file_items
 
     if is_dataset(source):
-        return iter_dataset_items(source, config.input.columns, endpoint_url=config.s3.endpoint_url), count_rows(source)
+        return iter_dataset_items(source, config.input.columns, s3=config.s3), count_rows(source)
     path = Path(source)
     if source.startswith("s3://"):
         raise ConfigError(f"--input: only datasets (.jsonl, .csv, .parquet) can be read from S3, not {source}")

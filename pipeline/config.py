@@ -187,6 +187,17 @@ class OutputConfig(Strict):
     save_tokens: bool = Field(default=False, description="write each chunk's tokens as a voice-preset .npz")
 
 
+class LeaseConfig(Strict):
+    """One job per output at a time (see pipeline.lease)."""
+
+    expiry_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a lease on S3 not renewed for this long is taken over (its holder renews 4 times as often); "
+        "locally a killed job's lease is free at once",
+    )
+
+
 class SchedulerConfig(Strict):
     max_chunks_in_flight: int = Field(default=64, ge=1)
 
@@ -235,6 +246,7 @@ class JobConfig(Strict):
     s3: S3Config = Field(default_factory=lambda: S3Config(), description="for s3:// inputs and outputs")
     text: TextConfig = TextConfig()
     output: OutputConfig = OutputConfig()
+    lease: LeaseConfig = LeaseConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     ray: RayConfig = RayConfig()
     placement: PlacementConfig = PlacementConfig()

@@ -38,7 +38,6 @@ import csv
 import datetime
 import functools
 import gzip
-import io
 import json
 import os
 import re
@@ -53,12 +52,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-import boto3
 import pyarrow.parquet as pq
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.config import ColumnsConfig, LimitsConfig
+from pipeline.config import ColumnsConfig, LimitsConfig, S3Config
+from pipeline.object_store import S3Storage
 from pipeline.sources import (
     Item,
     ItemError,
@@ -78,12 +75,9 @@ CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
 PARQUET_BATCH_ROWS = 1024
 # check_columns looks at this many JSONL objects: enough that one bad row cannot fail the file.
 JSONL_SCHEMA_ROWS = 20
-# S3 bodies are read in large pieces: each read is a socket round of Python code.
-S3_READ_BUFFER_BYTES = 1 << 20
 # A line longer than limits.max_item_bytes is skipped a MiB at a time, never held whole.
 _SKIP_PIECE_BYTES = 1 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
-S3_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
 
 HF_PREFIX = "hf:"
 HF_DEFAULT_SPLIT = "train"
@@ -163,15 +157,16 @@ def iter_dataset_items(
     uri: str | os.PathLike,
     columns: ColumnsConfig | None = None,
     *,
-    endpoint_url: str | None = None,
+    s3: S3Config | None = None,
     limits: LimitsConfig | None = None,
 ) -> Iterator[Item | ItemError]:
     """Items of a dataset file, one per row in file order, read lazily.
 
     ``uri`` is a local path, a ``file://`` URI or ``s3://bucket/key``; the format
     comes from the suffix (``.jsonl``/``.ndjson``/``.csv``/``.tsv``, each
-    optionally ``.gz``, or ``.parquet``). ``endpoint_url`` points boto3 at an
-    S3-compatible server; ``None`` uses boto3's own environment and config.
+    optionally ``.gz``, or ``.parquet``). An S3 object is read with the job's
+    ``s3`` settings (endpoint, profile, region, addressing, retries, timeouts),
+    the same client the outputs use; its failures are one-line ``StorageError``s.
     Rows that fail are ``ItemError``s with id ``line N`` (JSONL, the file's
     line) or ``row N`` (CSV/Parquet/Hugging Face, the N-th data row) when the
     row's own id cannot be read. ``uri`` may also be a Hugging Face dataset:
@@ -195,10 +190,10 @@ def iter_dataset_items(
             f"{HF_PREFIX}NAME[:CONFIG][@SPLIT], or a folder saved by datasets' save_to_disk"
         )
     if kind == "parquet":
-        with _random_access_path(uri, endpoint_url) as path:
+        with _random_access_path(uri, s3) as path:
             yield from _parquet_items(path, uri, columns, limits)
         return
-    with _open_stream(uri, endpoint_url) as stream:
+    with _open_stream(uri, s3) as stream:
         if kind == "jsonl":
             yield from _jsonl_items(stream, uri, columns, limits)
         else:
@@ -209,7 +204,7 @@ def check_columns(
     uri: str | os.PathLike,
     columns: ColumnsConfig | None = None,
     *,
-    endpoint_url: str | None = None,
+    s3: S3Config | None = None,
     limits: LimitsConfig | None = None,
 ) -> list[str]:
     """The dataset's column names, read from its schema alone; a ``SourceError`` in one
@@ -236,10 +231,10 @@ def check_columns(
         if kind is None:
             raise SourceError(f"source {uri}: not a dataset (see iter_dataset_items for the formats read)")
         if kind == "parquet":
-            with _random_access_path(uri, endpoint_url) as path:
+            with _random_access_path(uri, s3) as path:
                 names = _parquet_column_names(path, uri)
         else:
-            with _open_stream(uri, endpoint_url) as stream:
+            with _open_stream(uri, s3) as stream:
                 if kind == "jsonl":
                     names = _jsonl_keys(stream, uri, columns, limits)
                 else:
@@ -294,21 +289,6 @@ def _hf_column_names(spec: HFSpec, uri: str) -> list[str]:
     except Exception as exc:  # a download or a data file failing
         raise _hf_error(uri, exc) from None
     return [] if first is None else list(first.column_names)
-
-
-def s3_client(endpoint_url: str | None = None):
-    """A boto3 S3 client that works with S3-compatible servers as well as AWS.
-
-    botocore >= 1.36 sends CRC checksums by default, which several S3-compatible
-    servers reject; "when_required" turns that off. Standard retries back off
-    on throttling and transient errors.
-    """
-    config = BotoConfig(
-        retries={"mode": "standard"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 # --- formats ----------------------------------------------------------------------
@@ -797,24 +777,30 @@ def _local_path(uri: str) -> Path:
     return path
 
 
+def _s3_object(location: tuple[str, str], s3: S3Config | None) -> tuple[S3Storage, str]:
+    """The bucket (as the outputs' storage class, so the same client settings and error
+    messages) and the key of an input object."""
+    bucket, key = location
+    return S3Storage(bucket, "", s3), key
+
+
 @contextmanager
-def _open_stream(uri: str, endpoint_url: str | None) -> Iterator[BinaryIO]:
+def _open_stream(uri: str, s3: S3Config | None) -> Iterator[BinaryIO]:
     """A buffered binary stream over a local file or an S3 object's body, gunzipped for ``.gz``."""
     with ExitStack() as stack:
         location = _split_s3(uri)
         if location is None:
             stream = stack.enter_context(open(_local_path(uri), "rb"))
         else:
-            with _s3_errors(uri):
-                body = s3_client(endpoint_url).get_object(Bucket=location[0], Key=location[1])["Body"]
-            stream = stack.enter_context(io.BufferedReader(_RawBody(body), buffer_size=S3_READ_BUFFER_BYTES))
+            storage, key = _s3_object(location, s3)
+            stream = stack.enter_context(storage.open_reader(key))
         if uri.lower().endswith(GZIP_SUFFIX):
             stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
         yield stream
 
 
 @contextmanager
-def _random_access_path(uri: str, endpoint_url: str | None) -> Iterator[str]:
+def _random_access_path(uri: str, s3: S3Config | None) -> Iterator[str]:
     """A local path to a Parquet file: the file itself, or a temporary download of an S3 object.
 
     Parquet cannot be read front to back: its footer, at the end, says where
@@ -828,42 +814,6 @@ def _random_access_path(uri: str, endpoint_url: str | None) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="bark-dataset-") as folder:
         path = os.path.join(folder, "dataset.parquet")
-        with _s3_errors(uri):
-            s3_client(endpoint_url).download_file(location[0], location[1], path)
+        storage, key = _s3_object(location, s3)
+        storage.download_file(key, path)
         yield path
-
-
-@contextmanager
-def _s3_errors(uri: str) -> Iterator[None]:
-    """S3 failures as the OSErrors that local files raise, one line, no credentials in them."""
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "unknown"))
-        if code in S3_MISSING_CODES:
-            raise FileNotFoundError(f"source {uri}: no such S3 object") from None
-        raise OSError(f"source {uri}: S3 error {code}: {error.get('Message', '')}".rstrip(": ")) from None
-    except BotoCoreError as exc:  # no credentials, endpoint unreachable
-        raise OSError(f"source {uri}: {exc}") from None
-
-
-class _RawBody(io.RawIOBase):
-    """botocore's streaming body as a raw stream, so ``io.BufferedReader`` can buffer it and split lines."""
-
-    def __init__(self, body):
-        super().__init__()
-        self._body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        chunk = self._body.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()

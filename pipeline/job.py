@@ -14,26 +14,27 @@ import functools
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import ray
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from pipeline.assembly import ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
 from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
 from workers.config import SamplingSet
 from pipeline.idset import DiskIdSet
 from pipeline.metrics import JobMetrics
-from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, index_manifest
-from pipeline.object_store import LocalStore, ObjectNotFound, open_storage
+from pipeline.lease import take_lease
+from pipeline.manifest import Manifest, ManifestEntry, ManifestParts, index_manifest, new_run_id
+from pipeline.object_store import LocalStore, ObjectNotFound, StorageError, open_storage
 from pipeline.progress import JobSummary, Progress
 from workers.records import AudioOutput, VoicePrompt
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
-from pipeline.storage import item_key
+from pipeline.storage import item_key, remove_temp_files
 from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
 from pipeline.text import TextChunk, detect_language, make_chunks
 from pipeline.tokens import voice_npz_bytes
@@ -104,17 +105,6 @@ class NarrationJob:
         window = self.settings.semantic.max_input_semantic_length
         if config.text.max_tokens > window:
             raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
-        self.storage = open_storage(output, config.s3)
-        # What earlier runs finished (resume skips it) and the ids this run has seen (a
-        # repeated id fails): both on disk, so the driver's memory does not grow with
-        # the input. A job runs once; ``run`` closes them at its end.
-        if isinstance(self.storage, LocalStore):
-            self.done = Manifest.index(self.storage.root)
-            self.manifest = Manifest(self.storage.root)
-        else:
-            self.storage.check_reachable()
-            self.done = index_manifest(self.storage)
-            self.manifest = ManifestParts(self.storage, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
         self.retry_failed = retry_failed
         self.progress = Progress(quiet=quiet, total_items=total_items)
         self.tokenizer = load_tokenizer(config.model)
@@ -122,15 +112,57 @@ class NarrationJob:
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(
             lambda text: tuple(self.tokenizer.encode(text, add_special_tokens=False))
         )
+        # The ids this run has seen (a repeated id fails): on disk, like ``done``.
         self.seen_ids = DiskIdSet()
         self.metrics = JobMetrics()
         self.stop_requested = False
         self.pipeline: StagePipeline | None = None
+        self.run_id = new_run_id()
+        try:
+            self._open_output(output)  # last: it takes the output's lease, which ``close`` gives back
+        except BaseException:
+            self.seen_ids.close()
+            raise
+
+    def _open_output(self, output: str) -> None:
+        """The output, its lease (one job per output), and what earlier runs recorded there.
+
+        The lease comes first: what earlier runs recorded is only final once no other
+        job writes. Holding it, every atomic-write temp file left there is a killed
+        run's, and is removed.
+        """
+        self.storage = open_storage(output, self.config.s3)
+        if not isinstance(self.storage, LocalStore):
+            self.storage.check_reachable()
+        self.lease = take_lease(self.storage, self.run_id, self.config.lease, on_lost=self._lease_lost)
+        try:
+            # What earlier runs finished (resume skips it): on disk, so the driver's memory
+            # does not grow with the input. A job runs once; ``run`` closes it at its end.
+            if isinstance(self.storage, LocalStore):
+                for path in remove_temp_files(self.storage.root):
+                    log.info("removed %s, left by a run that was killed", path)
+                self.done = Manifest.index(self.storage.root)
+                self.manifest = Manifest(self.storage.root)
+            else:
+                self.done = index_manifest(self.storage)
+                self.manifest = ManifestParts(self.storage, run_id=self.run_id, sole_writer=lambda: self.lease.held)
+        except BaseException:
+            self.lease.release()
+            raise
 
     def close(self) -> None:
-        """Removes the job's on-disk id bookkeeping (``run`` does this at its end); idempotent."""
-        self.seen_ids.close()
-        self.done.close()
+        """Removes the job's on-disk id bookkeeping and gives the output's lease back
+        (``run`` does this at its end); idempotent."""
+        try:
+            self.seen_ids.close()
+            self.done.close()
+        finally:
+            self.lease.release()
+
+    def _lease_lost(self, reason: str) -> None:
+        """Another job took this output over (we were presumed dead): stop writing to it."""
+        log.error("%s", reason)
+        self.request_stop()
 
     def request_stop(self) -> None:
         """Stop admitting work and return soon; finished items stay recorded (SIGINT/SIGTERM)."""
@@ -298,6 +330,29 @@ class NarrationJob:
                 self._finish(state)
 
     def _finish(self, state: _ItemState) -> None:
+        """Writes the item's objects, metadata last; a storage fault, or metadata that cannot be
+        written as JSON, fails this item alone (what it had written is removed again)."""
+        try:
+            objects, entry = self._item_objects(state)
+        except PydanticSerializationError as exc:
+            return self._fail(state.item.id, f"metadata: cannot be written as JSON ({_one_line(exc)})")
+        except StorageError as exc:  # a key no storage can hold (too long for S3)
+            return self._fail(state.item.id, f"storage: {exc}")
+        written: list[str] = []
+        try:
+            for name, data in objects.items():
+                self.storage.put_bytes(name, data)
+                written.append(name)
+        except StorageError as exc:
+            self._discard(written)
+            return self._fail(state.item.id, f"storage: {exc}")
+        self.manifest.append(entry)
+        self.progress.item_done(state.item.id, entry.duration_s, len(state.chunks))
+        self.metrics.item_done("ok", entry.duration_s, time.perf_counter() - state.started)
+
+    def _item_objects(self, state: _ItemState) -> tuple[dict[str, bytes], ManifestEntry]:
+        """Every object of a finished item, encoded but not yet written (the metadata last, as its
+        presence marks the item complete), and the manifest entry that records them."""
         output = self.config.output
         outputs = [state.audio[i] for i in range(len(state.chunks))]
         rate = outputs[0].sample_rate
@@ -308,9 +363,9 @@ class NarrationJob:
             bounds = [(round(s * output.sample_rate / rate), round(e * output.sample_rate / rate)) for s, e in bounds]
             rate = output.sample_rate
         key = item_key(state.item.id)
-        files = {"audio": f"{key}.{output.format}", "metadata": f"{key}.json"}
+        files = {"audio": f"{key}.{output.format}"}
         encoded = encode_audio(audio, rate, output.format)
-        self.storage.put_bytes(files["audio"], encoded)
+        objects = {files["audio"]: encoded}
         checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
         chunks = [
             ChunkMetadata(
@@ -329,14 +384,15 @@ class NarrationJob:
         if output.subtitles:
             cues = cues_from_chunks([(c.start_s, c.end_s, c.text) for c in chunks])
             files["srt"], files["vtt"] = f"{key}.srt", f"{key}.vtt"
-            self.storage.put_bytes(files["srt"], to_srt(cues).encode("utf-8"))
-            self.storage.put_bytes(files["vtt"], to_vtt(cues).encode("utf-8"))
+            objects[files["srt"]] = to_srt(cues).encode("utf-8")
+            objects[files["vtt"]] = to_vtt(cues).encode("utf-8")
         if output.save_tokens:
             for index, fine in enumerate(ray.get([state.fine[i] for i in range(len(state.chunks))])):
                 if fine.tokens.shape[-1] == 0:
                     continue  # a chunk that ended at once has no tokens to reuse as a voice
                 name = files[f"tokens_{index}"] = f"{key}.tokens/{index:04d}.npz"
-                self.storage.put_bytes(name, voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens, self.settings))
+                objects[name] = voice_npz_bytes(name, fine.semantic, fine.coarse, fine.tokens, self.settings)
+        files["metadata"] = f"{key}.json"
         duration = len(audio) / rate
         metadata = ItemMetadata(
             id=state.item.id,
@@ -357,11 +413,24 @@ class NarrationJob:
             audio_checksum=checksum,
             extra=state.item.extra,
         )
-        # The metadata object goes last: its presence marks the item as complete.
-        self.storage.put_bytes(files["metadata"], (metadata.model_dump_json(indent=2) + "\n").encode("utf-8"))
-        self._record_ok(state.item.id, self.storage.uri_for(files["audio"]), duration, checksum, len(encoded))
-        self.progress.item_done(state.item.id, duration, len(outputs))
-        self.metrics.item_done("ok", duration, time.perf_counter() - state.started)
+        objects[files["metadata"]] = (metadata.model_dump_json(indent=2) + "\n").encode("utf-8")
+        entry = ManifestEntry(
+            id=state.item.id,
+            status="ok",
+            uri=metadata.files["audio"],
+            duration_s=duration,
+            checksum=checksum,
+            bytes=len(encoded),
+        )
+        return objects, entry
+
+    def _discard(self, keys: list[str]) -> None:
+        """Best effort: removes what a failed item had written, so no final name holds half an item."""
+        for key in keys:
+            try:
+                self.storage.delete(key)
+            except StorageError as exc:
+                log.warning("could not remove %s after its item failed: %s", key, exc)
 
     def _fail(self, item_id: str, reason: str) -> None:
         self.manifest.append(ManifestEntry(id=item_id, status="failed", uri=None, duration_s=None, error=reason))

@@ -9,23 +9,44 @@ A manifest has one line per item, millions for a large dataset. Resume looks
 entries up one id at a time, so they are streamed into a :class:`ManifestIndex`
 (an on-disk map, :mod:`pipeline.idset`) rather than held in a dict: reading a
 manifest of any size takes a bounded amount of the driver's memory.
+
+Records are read only from objects the job itself names: ``manifest.jsonl``
+and, on object storage, part objects under ``.bark/manifest.parts/`` whose
+names fit :data:`PART_NAME` exactly. Item objects can never have such names
+(:mod:`pipeline.storage`), so no item id can forge a record.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.idset import DiskIdMap
+from pipeline.object_store import StorageError
+from pipeline.storage import BOOKKEEPING_DIR, MANIFEST_NAME
 
-MANIFEST_NAME = "manifest.jsonl"
+__all__ = ["MANIFEST_NAME", "PARTS_PREFIX", "Manifest", "ManifestEntry", "ManifestError", "ManifestParts", "new_run_id"]
+
+# A run's id: its UTC start time and a random tag, e.g. 20240501T120000-1a2b3c4d.
+RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
+
+
+def new_run_id() -> str:
+    """A fresh id for one run of a job (names its manifest parts and its lease)."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+class ManifestError(StorageError):
+    """The manifest cannot be written: the job stops rather than narrate what it cannot record."""
 
 
 class ManifestEntry(BaseModel):
@@ -41,21 +62,36 @@ class ManifestEntry(BaseModel):
 
 
 class Manifest:
-    """Appends entries to ``<directory>/manifest.jsonl``; use as a context manager."""
+    """Appends entries to ``<directory>/manifest.jsonl``; use as a context manager.
+
+    Each line goes to the file in one unbuffered ``write`` (O_APPEND), so a line
+    that fails (disk full) leaves nothing behind to be written later by surprise;
+    a partial one is cut off by the next run, like a crash's torn line.
+    """
 
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / MANIFEST_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _repair_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _repair_tail(self.path)
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ManifestError(f"cannot open the manifest {self.path}: {exc.strerror}") from exc
 
     def append(self, entry: ManifestEntry) -> None:
-        self._file.write(entry.model_dump_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = (entry.model_dump_json() + "\n").encode("utf-8")
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(28, os.strerror(28))  # a short write: the file system is full
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise ManifestError(f"cannot write the manifest {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> Manifest:
         return self
@@ -194,7 +230,9 @@ def _last_line_start(file, size: int, block: int = 1 << 16) -> int:
     return 0
 
 
-PARTS_PREFIX = "manifest.parts/"
+PARTS_PREFIX = f"{BOOKKEEPING_DIR}/manifest.parts/"
+# The only names read as parts: <run id>-<6-digit number>.jsonl, directly in PARTS_PREFIX.
+PART_NAME = re.compile(RUN_ID.pattern + r"-\d{6}\.jsonl")
 PART_MAX_ENTRIES = 200  # an object store cannot append: a run writes its lines in part objects
 PART_MAX_AGE_S = 10.0
 
@@ -203,16 +241,22 @@ class ManifestParts:
     """The manifest on object storage, where nothing can be appended.
 
     Each run buffers its lines and writes them as its own part objects
-    (``manifest.parts/<run>-<n>.jsonl``) every ``PART_MAX_ENTRIES`` lines or
+    (``.bark/manifest.parts/<run>-<n>.jsonl``) every ``PART_MAX_ENTRIES`` lines or
     ``PART_MAX_AGE_S`` seconds; concurrent runs never write the same object. At
     the end a run merges every part into ``manifest.jsonl`` and deletes its own
-    parts. A crash loses at most the unwritten buffer: resume then finds those
-    items through their metadata objects.
+    parts, or every part it merged when ``sole_writer()`` says it holds the
+    output's lease (so the parts of killed runs go too). A run that lost its
+    lease writes its parts and leaves the merge to the holder. A crash loses at
+    most the unwritten buffer: resume then finds those items through their
+    metadata objects. A part that cannot be written is a :class:`ManifestError`.
     """
 
-    def __init__(self, storage, run_id: str) -> None:
+    def __init__(self, storage, run_id: str, sole_writer: Callable[[], bool] | None = None) -> None:
+        if not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run id {run_id!r} does not match {RUN_ID.pattern}")
         self.storage = storage
         self.run_id = run_id
+        self.sole_writer = sole_writer
         self._buffer: list[str] = []
         self._written: list[str] = []
         self._last_flush = time.monotonic()
@@ -225,7 +269,10 @@ class ManifestParts:
     def flush(self) -> None:
         if self._buffer:
             key = f"{PARTS_PREFIX}{self.run_id}-{len(self._written):06d}.jsonl"
-            self.storage.put_bytes(key, ("\n".join(self._buffer) + "\n").encode("utf-8"))
+            try:
+                self.storage.put_bytes(key, ("\n".join(self._buffer) + "\n").encode("utf-8"))
+            except StorageError as exc:
+                raise ManifestError(f"cannot write the manifest: {exc}") from exc
             self._written.append(key)
             self._buffer = []
         self._last_flush = time.monotonic()
@@ -237,13 +284,20 @@ class ManifestParts:
         manifest of millions of lines is never held in memory.
         """
         self.flush()
-        with index_manifest(self.storage) as merged, tempfile.TemporaryDirectory(prefix="bark-manifest-") as folder:
+        sole = self.sole_writer() if self.sole_writer is not None else None
+        if sole is False:
+            return  # the lease went to another job: its merge takes our parts in
+        parts = list(part_keys(self.storage))
+        with index_manifest(self.storage, parts) as merged, tempfile.TemporaryDirectory(prefix="bark-manifest-") as folder:
             path = os.path.join(folder, MANIFEST_NAME)
             with open(path, "w", encoding="utf-8", newline="\n") as file:
                 for entry in merged.entries():
                     file.write(entry.model_dump_json() + "\n")
-            self.storage.put_file(MANIFEST_NAME, path)
-        for key in self._written:
+            try:
+                self.storage.put_file(MANIFEST_NAME, path)
+            except StorageError as exc:
+                raise ManifestError(f"cannot write the manifest: {exc}") from exc
+        for key in parts if sole else self._written:
             self.storage.delete(key)
 
 
@@ -255,22 +309,30 @@ def read_manifest(storage) -> dict[str, ManifestEntry]:
     return {entry.id: entry for entry in iter_manifest_entries(storage)}
 
 
-def index_manifest(storage) -> ManifestIndex:
+def index_manifest(storage, parts: list[str] | None = None) -> ManifestIndex:
     """:func:`read_manifest` streamed into an on-disk :class:`ManifestIndex`."""
     index = ManifestIndex()
     try:
-        index.update(iter_manifest_entries(storage))
+        index.update(iter_manifest_entries(storage, parts))
     except BaseException:
         index.close()
         raise
     return index
 
 
-def iter_manifest_entries(storage) -> Iterator[ManifestEntry]:
-    """Entries of ``manifest.jsonl``, then of every part object, line by line; unreadable lines are skipped
-    (a part object is written whole, and a torn merged manifest is rewritten from the parts)."""
+def part_keys(storage) -> Iterator[str]:
+    """The manifest parts in storage: only names that fit :data:`PART_NAME`, directly in PARTS_PREFIX."""
+    for key in storage.list_keys(PARTS_PREFIX):
+        if PART_NAME.fullmatch(key[len(PARTS_PREFIX):]):
+            yield key
+
+
+def iter_manifest_entries(storage, parts: list[str] | None = None) -> Iterator[ManifestEntry]:
+    """Entries of ``manifest.jsonl``, then of every part object (or of ``parts``), line by line;
+    unreadable lines are skipped (a part object is written whole, and a torn merged manifest is
+    rewritten from the parts)."""
     sources = [MANIFEST_NAME] if storage.exists(MANIFEST_NAME) else []
-    for key in sources + list(storage.list_keys(PARTS_PREFIX)):
+    for key in sources + (list(part_keys(storage)) if parts is None else parts):
         for raw in _object_lines(storage, key):
             line = raw.decode("utf-8", errors="replace")
             entry = _parse(line) if line.strip() else None

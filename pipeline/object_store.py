@@ -8,14 +8,25 @@ The client is set up for S3-compatible servers too: checksums only where the
 API requires them (botocore >= 1.36 otherwise sends CRC headers several servers
 reject), path-style addressing off AWS, standard retries, multipart for large
 files.
+
+Both backends speak one error family: every failure is a one-line, credential-free
+:class:`StorageError` naming the object, whether it comes from the file system or
+from S3, for outputs and for inputs read from S3 (:meth:`S3Storage.open_reader`).
+The lease (:mod:`pipeline.lease`) uses S3's conditional writes (``If-None-Match:
+*`` to create, ``If-Match: <etag>`` to renew or delete), which AWS and SeaweedFS
+(checked with 4.48) both enforce atomically.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -27,7 +38,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from pipeline.config import S3Config
-from pipeline.storage import LocalStorage, atomic_copy_file
+from pipeline.storage import LocalStorage, atomic_copy_file, is_temp_file
 from workers.errors import UserError
 
 S3_SCHEME = "s3://"
@@ -54,6 +65,12 @@ CONTENT_TYPES = {
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+# A conditional write lost (412), or raced another one on the same key (AWS: 409).
+PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict"})
+# Local paths that cannot name an existing file: a lookup finds nothing rather than failing.
+NO_SUCH_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+# Object names in messages are cut to this many characters: a message stays one readable line.
+KEY_CHARS_IN_MESSAGES = 120
 DENIED_CODES = frozenset({
     "403", "AccessDenied", "AllAccessDisabled", "SignatureDoesNotMatch",
     "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "InvalidClientTokenId",
@@ -73,6 +90,31 @@ class StorageError(UserError):
 
 class ObjectNotFound(StorageError):
     """The key has no object."""
+
+
+class KeyTooLong(StorageError):
+    """The key is over S3's limit: it can be neither written nor found."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object is not (or no longer) what the writer expected."""
+
+
+@dataclass(frozen=True)
+class TaggedObject:
+    """An object's bytes with its ETag (for a conditional write) and age by the server's clock."""
+
+    data: bytes
+    etag: str
+    age_s: float
+
+
+def short_key(key: str) -> str:
+    """``key`` cut to fit in a one-line message (ids can make keys thousands of characters long)."""
+    if len(key) <= KEY_CHARS_IN_MESSAGES:
+        return key
+    half = KEY_CHARS_IN_MESSAGES // 2
+    return f"{key[:half]}...{key[-half:]}"
 
 
 @runtime_checkable
@@ -135,24 +177,38 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> str:
         """Atomic (temp file, then rename); files have no content type, so it is ignored."""
         self._path(key)  # our stricter key check (control characters) first
-        return self._files.put_bytes(key, data)
+        with self._errors("write", key):
+            return self._files.put_bytes(key, data)
 
     def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str:
-        atomic_copy_file(Path(path), self._path(key))
+        with self._errors("write", key):
+            atomic_copy_file(Path(path), self._path(key))
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise ObjectNotFound(f"no object {self.uri_for(key)}") from None
+            return path.read_bytes()
+        except IsADirectoryError:
+            raise ObjectNotFound(f"no object {short_key(key)} in {self.root}") from None
+        except OSError as exc:
+            if exc.errno in NO_SUCH_PATH_ERRNOS:
+                raise ObjectNotFound(f"no object {short_key(key)} in {self.root}") from None
+            raise self._error("read", key, exc) from exc
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
+        """Bytes in the file ``key``; None when there is none (or the name could not exist here)."""
         path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            if exc.errno in NO_SUCH_PATH_ERRNOS:
+                return None
+            raise self._error("inspect", key, exc) from exc
+        return stat.st_size if path.is_file() else None
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in sorted order, leaving out unfinished atomic-write temp files."""
@@ -161,7 +217,7 @@ class LocalStore:
         keys = []
         for directory, _, names in os.walk(start):
             for name in names:
-                if name.startswith(".") and name.endswith(".tmp"):
+                if is_temp_file(name):
                     continue
                 key = (Path(directory) / name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):
@@ -170,13 +226,30 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         """Idempotent, like S3: deleting a missing key is not an error."""
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink()
+        except OSError as exc:
+            if exc.errno not in NO_SUCH_PATH_ERRNOS:
+                raise self._error("delete", key, exc) from exc
 
     def uri_for(self, key: str) -> str:
         return self._path(key).as_uri()
 
     def describe(self) -> str:
         return f"local directory {self.root}"
+
+    @contextmanager
+    def _errors(self, action: str, key: str):
+        try:
+            yield
+        except OSError as exc:
+            raise self._error(action, key, exc) from exc
+
+    def _error(self, action: str, key: str, exc: OSError) -> StorageError:
+        """One line naming the object and the system's reason (not the full path: it may be huge)."""
+        reason = exc.strerror or type(exc).__name__
+        return StorageError(f"cannot {action} {short_key(key)} in {self.root}: {reason}")
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -212,8 +285,9 @@ class S3Storage:
     def object_key(self, key: str) -> str:
         """The bucket key of ``key``: the prefix, then ``key``."""
         full = f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
-        if len(full.encode("utf-8", "surrogatepass")) > MAX_S3_KEY_BYTES:
-            raise StorageError(f"storage key too long for S3 ({MAX_S3_KEY_BYTES} bytes): {key[:80]!r}...")
+        size = len(full.encode("utf-8", "surrogatepass"))
+        if size > MAX_S3_KEY_BYTES:
+            raise KeyTooLong(f"key {short_key(key)} is {size} bytes with the prefix, over S3's {MAX_S3_KEY_BYTES}")
         return full
 
     def uri_for(self, key: str) -> str:
@@ -245,14 +319,73 @@ class S3Storage:
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
+        body = self._get(key)["Body"]
+        with self._errors("download", key):
+            return body.read()
+
+    def _get(self, key: str) -> dict:
+        """GetObject, with a missing object (or one that could not exist) as ObjectNotFound."""
+        try:
+            object_key = self.object_key(key)
+        except KeyTooLong:
+            raise ObjectNotFound(f"no object {short_key(key)} (over S3's key length)") from None
         with self._errors("download", key):
             try:
-                response = self._client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+                return self._client.get_object(Bucket=self.bucket, Key=object_key)
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in NOT_FOUND_CODES:
+                    raise ObjectNotFound(f"no object {S3_SCHEME}{self.bucket}/{short_key(object_key)}") from None
+                if _code(exc) in NO_BUCKET_CODES:
+                    raise ObjectNotFound(f"no bucket {self.bucket!r} at {self.endpoint}") from None
+                raise
+
+    def open_reader(self, key: str) -> io.BufferedReader:
+        """The object as a buffered binary stream, read as it downloads; failures mid-read
+        are StorageErrors too (inputs read from S3 use this, with the outputs' settings)."""
+        body = self._get(key)["Body"]
+        return io.BufferedReader(_S3Body(body, self, key), buffer_size=READ_BUFFER_BYTES)
+
+    def download_file(self, key: str, path: str | Path) -> None:
+        """The object into a local file (multipart-parallel for large ones)."""
+        with self._errors("download", key):
+            try:
+                self._client.download_file(self.bucket, self.object_key(key), str(path), Config=self._transfer)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in NOT_FOUND_CODES | NO_BUCKET_CODES:
                     raise ObjectNotFound(f"no object {self.uri_for(key)}") from None
                 raise
-            return response["Body"].read()
+
+    # Conditional writes: what the lease is built on.
+
+    def create(self, key: str, data: bytes) -> str:
+        """Writes ``key`` only if no object is there (``If-None-Match: *``); returns the new ETag.
+        PreconditionFailed when there is one: of two racing writers exactly one wins."""
+        return self._put_conditionally(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, etag: str) -> str:
+        """Overwrites ``key`` only if it is still the object with ``etag`` (``If-Match``)."""
+        return self._put_conditionally(key, data, IfMatch=etag)
+
+    def delete_tagged(self, key: str, etag: str) -> None:
+        """Deletes ``key`` only if it is still the object with ``etag``; PreconditionFailed if not."""
+        with self._errors("delete", key), _precondition(self, key):
+            self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key), IfMatch=etag)
+
+    def read_tagged(self, key: str) -> TaggedObject:
+        """The object, its ETag, and its age from the server's own clock (no clock skew between hosts)."""
+        response = self._get(key)
+        with self._errors("download", key):
+            data = response["Body"].read()
+        server_now = _server_time(response)
+        age = max(0.0, server_now - response["LastModified"].timestamp())
+        return TaggedObject(data=data, etag=response["ETag"], age_s=age)
+
+    def _put_conditionally(self, key: str, data: bytes, **condition: str) -> str:
+        with self._errors("upload", key), _precondition(self, key):
+            response = self._client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type_for(key), **condition
+            )
+        return response["ETag"]
 
     def iter_lines(self, key: str) -> Iterator[bytes]:
         """The object's lines (ends kept), streamed: a manifest of millions of lines is never held whole."""
@@ -273,9 +406,13 @@ class S3Storage:
 
     def size(self, key: str) -> int | None:
         """Bytes stored under ``key``; None when there is no object (HEAD cannot tell a missing bucket apart)."""
+        try:
+            object_key = self.object_key(key)
+        except KeyTooLong:
+            return None  # it could never have been written
         with self._errors("inspect", key):
             try:
-                head = self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+                head = self._client.head_object(Bucket=self.bucket, Key=object_key)
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in NOT_FOUND_CODES:
                     return None
@@ -327,7 +464,7 @@ class S3Storage:
             raise
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, S3UploadFailedError) as exc:
             cause = exc.__context__ if isinstance(exc, S3UploadFailedError) and exc.__context__ else exc
-            target = f"{S3_SCHEME}{self.bucket}/{self.prefix + '/' if self.prefix else ''}{key}"
+            target = f"{S3_SCHEME}{self.bucket}/{self.prefix + '/' if self.prefix else ''}{short_key(key)}"
             if isinstance(cause, UNREACHABLE_ERRORS):
                 message = f"S3 {action} of {target} failed: cannot reach endpoint {self.endpoint}"
             else:
@@ -335,12 +472,66 @@ class S3Storage:
             raise StorageError(self._redact(message)) from exc
 
     def _redact(self, text: str) -> str:
-        """Belt and braces: no server message should echo a secret, but none ever gets through."""
+        """Belt and braces: no server message should echo a secret, but none ever gets through.
+
+        That includes a user:password@ part of the endpoint URL (AWS_ENDPOINT_URL may carry one).
+        """
+        raw_endpoint = self._client.meta.endpoint_url
+        if raw_endpoint != self.endpoint:
+            text = text.replace(raw_endpoint, self.endpoint)
+        userinfo = urlsplit(raw_endpoint).netloc.rpartition("@")[0]
+        if userinfo:
+            text = text.replace(userinfo, REDACTED)
         if self._credentials is not None:
             for secret in (self._credentials.secret_key, self._credentials.token):
                 if secret:
                     text = text.replace(secret, REDACTED)
         return _one_line(text)
+
+
+READ_BUFFER_BYTES = 1 << 20  # each read of a streamed body is a socket round of Python code
+
+
+class _S3Body(io.RawIOBase):
+    """botocore's streaming body as a raw stream whose read errors are StorageErrors."""
+
+    def __init__(self, body, storage: S3Storage, key: str):
+        super().__init__()
+        self._body, self._storage, self._key = body, storage, key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with self._storage._errors("download", self._key):
+            chunk = self._body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+@contextmanager
+def _precondition(storage: S3Storage, key: str):
+    """A lost conditional write as PreconditionFailed (inside ``_errors``, which keeps it)."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) in PRECONDITION_CODES:
+            raise PreconditionFailed(f"{storage.uri_for(key)} changed under a conditional write") from exc
+        raise
+
+
+def _server_time(response: dict) -> float:
+    """The server's clock from the response's Date header (ours if it sent none)."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError):
+        return time.time()
 
 
 def open_storage(output: str, s3: S3Config | None = None) -> Storage:

@@ -22,6 +22,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.datasets import iter_dataset_items
 from pipeline.job import NarrationJob
+from pipeline.manifest import PARTS_PREFIX
 from pipeline.object_store import open_storage
 from pipeline.storage import item_key
 from tests.conftest import REPO
@@ -81,7 +82,7 @@ def test_jsonl_to_s3_with_hostile_rows_then_resume_from_the_objects(ray_session,
         assert rate == 24_000 and len(audio) / rate == pytest.approx(entry["duration_s"], abs=1e-3)
         meta = json.loads(store.get_bytes(f"{row['id']}.json"))
         assert meta["extra"] == {"speaker": "narrator"} and meta["audio_bytes"] == entry["bytes"]
-    assert not list(store.list_keys("manifest.parts/"))  # merged into manifest.jsonl
+    assert not list(store.list_keys(PARTS_PREFIX))  # merged into manifest.jsonl
 
     # A rerun does nothing: every item is done or failed.
     assert main(["run", "--config", config, "--input", source, "--output", output, "--quiet"]) == 0
@@ -199,7 +200,7 @@ def test_s3_input_and_an_s3_outage_mid_job_lose_nothing(ray_session, s3_env, tin
     source = store.uri_for("rows.jsonl")
     output = f"s3://{s3_env.bucket}/outage/{tmp_path.name}"
     job = NarrationJob(config, output, quiet=True)
-    thread, result = _run_in_thread(job, iter_dataset_items(source, endpoint_url=s3_env.endpoint_url))
+    thread, result = _run_in_thread(job, iter_dataset_items(source, s3=config.s3))
     _wait_for(lambda: job.progress.summary.ok >= 1)
     s3_env.stop()
     time.sleep(3)

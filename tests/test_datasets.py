@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import pipeline.datasets as datasets
 from pipeline.assembly import ItemMetadata
 from pipeline.config import LimitsConfig
+from pipeline.config import S3Config
 from pipeline.datasets import ColumnsConfig, check_columns, is_dataset, iter_dataset_items
 from pipeline.sources import Item, ItemError, SourceError, SourceNotFoundError
 from workers.errors import UserError
@@ -707,4 +708,4 @@ def test_check_columns_of_an_s3_object(s3_env, tmp_path):
         Bucket=s3_env.bucket, Key=key, Body=b'{"id": 1, "body": "Hi."}\n'
     )
     with pytest.raises(SourceError, match=r"no column 'text' in its first 1 rows; they have 'id', 'body'$"):
-        check_columns(f"s3://{s3_env.bucket}/{key}", ColumnsConfig(), endpoint_url=s3_env.endpoint_url)
+        check_columns(f"s3://{s3_env.bucket}/{key}", ColumnsConfig(), s3=S3Config(endpoint_url=s3_env.endpoint_url))

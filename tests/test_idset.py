@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.idset import DiskIdMap, DiskIdSet
-from pipeline.manifest import MANIFEST_NAME, Manifest, ManifestEntry, ManifestParts, index_manifest, read_manifest
+from pipeline.manifest import (
+    MANIFEST_NAME,
+    PARTS_PREFIX,
+    Manifest,
+    ManifestEntry,
+    ManifestParts,
+    index_manifest,
+    new_run_id,
+    read_manifest,
+)
 from pipeline.object_store import LocalStore
 
 
@@ -166,11 +175,11 @@ def test_a_corrupt_manifest_raises(tmp_path):
 def test_object_store_manifest_merge_streams_through_the_index(tmp_path):
     """Parts of two runs merge into one line per id, first-seen order, last line winning."""
     store = LocalStore(tmp_path / "out")
-    first = ManifestParts(store, run_id="run1")
+    first = ManifestParts(store, run_id=new_run_id())
     for n in range(5):
         first.append(ManifestEntry(id=f"item-{n}", status="failed", error="oom"))
     first.close()
-    second = ManifestParts(store, run_id="run2")
+    second = ManifestParts(store, run_id=new_run_id())
     second.append(ManifestEntry(id="item-3", status="ok", bytes=3))
     second.append(ManifestEntry(id="new", status="ok"))
     second.close()
@@ -178,7 +187,7 @@ def test_object_store_manifest_merge_streams_through_the_index(tmp_path):
     merged = [ManifestEntry.model_validate_json(line) for line in lines]
     assert [e.id for e in merged] == ["item-0", "item-1", "item-2", "item-3", "item-4", "new"]
     assert merged[3].status == "ok" and merged[3].bytes == 3
-    assert list(store.list_keys("manifest.parts/")) == []
+    assert list(store.list_keys(PARTS_PREFIX)) == []
     with index_manifest(store) as index:
         assert {e.id: e for e in index.entries()} == read_manifest(store)
 
@@ -197,7 +206,8 @@ def test_object_store_manifest_is_read_line_by_line_where_the_store_can_stream(t
 
     store = StreamingStore(tmp_path)
     store.put_bytes(MANIFEST_NAME, (OK.model_dump_json() + "\n").encode())
-    store.put_bytes("manifest.parts/r-000000.jsonl", (FAILED.model_dump_json() + "\n").encode())
+    part = f"{PARTS_PREFIX}20240501T120000-1a2b3c4d-000000.jsonl"
+    store.put_bytes(part, (FAILED.model_dump_json() + "\n").encode())
     with index_manifest(store) as index:
         assert index.get("a") == OK and index.get("b") == FAILED
-    assert store.streamed == [MANIFEST_NAME, "manifest.parts/r-000000.jsonl"]
+    assert store.streamed == [MANIFEST_NAME, part]

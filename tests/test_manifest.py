@@ -106,11 +106,11 @@ def test_concurrent_writer_processes_never_tear_or_lose_lines(tmp_path):
 
 def test_manifest_parts_of_concurrent_runs_on_object_storage_all_survive(tmp_path):
     """On object storage each run writes its own part objects; merging keeps every run's lines."""
-    from pipeline.manifest import ManifestParts, read_manifest
+    from pipeline.manifest import ManifestParts, new_run_id, read_manifest
     from pipeline.object_store import LocalStore
 
     store = LocalStore(tmp_path)
-    runs = [ManifestParts(store, run_id=f"run{r}") for r in range(3)]
+    runs = [ManifestParts(store, run_id=new_run_id()) for r in range(3)]
     for n in range(450):  # interleaved, and more than one part object per run
         runs[n % 3].append(ManifestEntry(id=f"item-{n}", status="ok"))
     runs[0].close()  # one run finishes while the others still write

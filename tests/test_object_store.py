@@ -244,3 +244,62 @@ def test_put_rides_out_a_server_restart(s3_env):
     assert not writer.is_alive() and "error" not in outcome, outcome
     assert store.get_bytes("second.wav") == b"during"
     assert store.get_bytes("first.wav") == b"before"
+
+
+# --- faults on one key, and conditional writes ----------------------------------------------
+
+LONG_KEY = "/".join(["k" * 200] * 25) + ".wav"
+
+
+def test_local_faults_on_one_key_are_one_line_storage_errors(tmp_path):
+    store = LocalStore(tmp_path / "out")
+    store.put_bytes("x.wav", b"audio")
+    with pytest.raises(StorageError, match=r"^cannot write x\.wav/y\.wav in .*: File exists$"):
+        store.put_bytes("x.wav/y.wav", b"other")
+    store.put_bytes("z.wav/w.wav", b"audio")
+    with pytest.raises(StorageError, match=r"^cannot write z\.wav in .*: Is a directory$"):
+        store.put_bytes("z.wav", b"other")
+    with pytest.raises(StorageError, match="File name too long") as long:
+        store.put_bytes(LONG_KEY, b"x")
+    assert len(str(long.value)) < 300 and "\n" not in str(long.value)
+    # Names that cannot exist here are simply absent: a resume asks about them too.
+    for key in (LONG_KEY, "x.wav/y.wav", "z.wav"):
+        assert not store.exists(key) and store.size(key) is None
+        with pytest.raises(ObjectNotFound):
+            store.get_bytes(key)
+    store.delete(LONG_KEY)
+    assert store.get_bytes("x.wav") == b"audio" and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_key_over_the_s3_limit_fails_alone_and_is_never_found(s3_env):
+    store = open_storage(f"s3://{s3_env.bucket}/{unique_prefix()}")
+    with pytest.raises(StorageError, match="over S3's 1024") as too_long:
+        store.put_bytes(LONG_KEY, b"x")
+    assert len(str(too_long.value)) < 300 and "\n" not in str(too_long.value)
+    assert not store.exists(LONG_KEY) and store.size(LONG_KEY) is None
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes(LONG_KEY)
+    store.put_bytes("short.wav", b"fine")  # the store goes on
+    assert store.get_bytes("short.wav") == b"fine"
+
+
+def test_conditional_writes_are_enforced_by_the_server(s3_env):
+    """If-None-Match: * and If-Match: <etag>, as the lease uses them (SeaweedFS 4.48 enforces both)."""
+    from pipeline.object_store import PreconditionFailed
+
+    store = open_storage(f"s3://{s3_env.bucket}/{unique_prefix()}")
+    etag = store.create("lock", b"one")
+    with pytest.raises(PreconditionFailed):
+        store.create("lock", b"two")
+    with pytest.raises(PreconditionFailed):
+        store.replace("lock", b"three", '"0123456789abcdef0123456789abcdef"')
+    tagged = store.read_tagged("lock")
+    assert (tagged.data, tagged.etag) == (b"one", etag) and 0 <= tagged.age_s < 30
+    newer = store.replace("lock", b"four", etag)
+    with pytest.raises(PreconditionFailed):
+        store.delete_tagged("lock", etag)  # the old tag no longer deletes it
+    assert store.get_bytes("lock") == b"four"
+    store.delete_tagged("lock", newer)
+    assert not store.exists("lock")
+    with pytest.raises(PreconditionFailed):
+        store.replace("lock", b"five", newer)  # If-Match on a missing object fails too
