@@ -1,0 +1,130 @@
+"""What reaches the console: our own lines, clean and safe; the libraries' lines, only on request.
+
+Everything we print passes through :func:`for_console`, which does two things:
+
+- redacts credentials inside URLs (``http://KEY:SECRET@host``) and the signed
+  parts of presigned URLs, since error messages from boto3 and others quote the
+  URL they used;
+- escapes control characters (a newline, an ANSI escape, a bidi override) so that
+  an item id or a text from the input can neither forge a status line nor
+  recolour or reorder the terminal.
+
+The libraries we drive (Ray, transformers, huggingface_hub, tokenizers) print
+warnings, banners and progress bars of their own. A script parses our summary
+line on stdout and a person reads our progress on stderr, so unless the user
+asks for ``--verbose`` those lines are silenced at their source: Python warnings
+are ignored, library loggers raised to ERROR, and Ray is started without
+forwarding its workers' output (:func:`ray_init_options`).
+
+This module imports nothing heavy: it runs before the config is even read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+
+REDACTED = "[redacted]"
+
+# scheme://user:password@  or  scheme://token@  (the user part alone is often a key id)
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"<>]+@")
+# Signed query parameters of presigned URLs, and key=value spellings of secrets.
+_SECRET_PARAMS = re.compile(
+    r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|signature|aws_secret_access_key|"
+    r"aws_session_token|secret_access_key|password|token)=([^&\s'\"]+)"
+)
+# Control characters (C0, DEL, C1), line and paragraph separators, and the bidi
+# controls that reorder what a terminal shows (Trojan Source).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\x1b"}
+
+# Library loggers silenced (to ERROR) unless --verbose; Ray's own go further (see quiet_ray_logging).
+LIBRARY_LOGGERS = ("ray", "transformers", "huggingface_hub", "urllib3", "botocore", "boto3", "s3transfer", "filelock", "fsspec")
+# Environment read by the libraries at import or start-up. setdefault: a user's own setting wins.
+QUIET_ENVIRONMENT = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # else a fork after the tokenizer ran prints a warning per process
+}
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials and signed-URL secrets replaced by ``[redacted]``."""
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def escape_controls(text: str) -> str:
+    """Control characters shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``): one printed line stays one line."""
+    return _UNSAFE.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match) -> str:
+    ch = match.group(0)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def for_console(text: object) -> str:
+    """One safe line: credentials redacted, control characters escaped."""
+    return escape_controls(redact(str(text)))
+
+
+def say(message: object, *, file=None) -> None:
+    """Prints one of our own lines (default: stderr), made safe; multi-line messages stay multi-line, each line safe."""
+    stream = file if file is not None else sys.stderr
+    print("\n".join(for_console(line) for line in str(message).split("\n")), file=stream, flush=True)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log records (tracebacks included) redacted and escaped line by line; no colour codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(for_console(line) for line in super().format(record).split("\n"))
+
+
+def configure(*, verbose: bool, quiet: bool) -> None:
+    """Our log lines to stderr through :class:`SafeFormatter`; the libraries' silenced unless ``verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pipeline").setLevel(logging.WARNING if quiet else logging.INFO)
+    if verbose:
+        return
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")
+    logging.captureWarnings(False)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_ray_logging() -> None:
+    """Ray installs its own stderr handler on the ``ray`` logger when imported; keep it for ERROR only
+    and stop its records from reaching ours as well (so nothing prints twice)."""
+    logger = logging.getLogger("ray")
+    logger.setLevel(logging.CRITICAL)
+    for handler in logger.handlers:
+        handler.setFormatter(SafeFormatter("%(message)s"))
+    logger.propagate = False
+
+
+def ray_init_options(*, verbose: bool) -> dict:
+    """Arguments for ``ray.init`` that keep Ray's and the actors' output off our console unless ``verbose``.
+
+    ``log_to_driver=False``: the actors' stdout/stderr (and Ray's per-task
+    retry warnings) stay in Ray's session logs instead of being echoed by the
+    driver. ``logging_level``: the driver-side ``ray`` logger.
+    """
+    if verbose:
+        return {"log_to_driver": True, "logging_level": logging.INFO}
+    return {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
