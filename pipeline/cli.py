@@ -19,6 +19,7 @@ at once; Ray and the stage models start only once an item needs narrating.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 import traceback
@@ -201,13 +202,34 @@ def _start_ray(config: JobConfig, *, verbose: bool, stops: StopSignals) -> None:
 
     if not verbose:
         console.quiet_ray_logging()
-    ray.init(
-        address=config.ray.address,
-        num_cpus=config.ray.num_cpus,
-        num_gpus=config.ray.num_gpus,
-        **console.ray_init_options(verbose=verbose),
-    )
-    stops.install()  # ray.init put its own SIGTERM handler in place of ours
+    with _ray_keeps_our_sigterm_handler():
+        ray.init(
+            address=config.ray.address,
+            num_cpus=config.ray.num_cpus,
+            num_gpus=config.ray.num_gpus,
+            **console.ray_init_options(verbose=verbose),
+        )
+    stops.install()  # in case ray.init put its own handler in place of ours all the same
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm_handler():
+    """``ray.init`` installs SIGTERM handlers of its own (``sys.exit(15)`` while it connects; a local
+    head's "kill every process, exit 1" after): a SIGTERM during start-up would end the command with
+    no word and a code that is not ours. Ray installs them through one helper; while ``ray.init``
+    runs it does nothing, so our handler (a clean stop; Ray's own atexit hook still ends the
+    processes it started) stays in place."""
+    import ray._private.utils as ray_utils
+
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:  # a Ray without that helper: reinstalling ours after ray.init is all we can do
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda _handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
 
 
 def _not_started(exc: BaseException) -> int:

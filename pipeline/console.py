@@ -29,8 +29,9 @@ import warnings
 
 REDACTED = "[redacted]"
 
-# scheme://user:password@  or  scheme://token@  (the user part alone is often a key id)
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"<>]+@")
+# scheme://user:password@  or  scheme://token@  (the user part alone is often a key id); also
+# scheme:/user:password@, the same URL after a path library collapsed its "//".
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*:/{1,2})[^/\s@'\"<>]+@")
 # Signed query parameters of presigned URLs, and key=value spellings of secrets.
 _SECRET_PARAMS = re.compile(
     r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|signature|aws_secret_access_key|"
