@@ -91,12 +91,11 @@ class SafeFormatter(logging.Formatter):
 
 def configure(*, verbose: bool, quiet: bool) -> None:
     """Our log lines to stderr through :class:`SafeFormatter`; the libraries' silenced unless ``verbose``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(message)s"))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    if not root.handlers:  # as logging.basicConfig: a host that set up logging (pytest, an API user) keeps its own
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(SafeFormatter("%(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("pipeline").setLevel(logging.WARNING if quiet else logging.INFO)
     if verbose:
