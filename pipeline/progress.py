@@ -44,10 +44,6 @@ class JobSummary:
     aborted: bool = False
 
     @property
-    def items(self) -> int:
-        return self.ok + self.failed + self.skipped
-
-    @property
     def exit_code(self) -> int:
         """0 only when every item of the input is done and ok in the output; else 1."""
         return 1 if self.failed or self.stopped or self.aborted else 0

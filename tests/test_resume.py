@@ -9,7 +9,6 @@ import re
 import shutil
 
 import numpy as np
-import pytest
 import yaml
 
 from pipeline.cli import main
