@@ -210,8 +210,7 @@ def _start_ray(config: JobConfig, *, verbose: bool, stops: StopSignals) -> None:
     """Starts (or joins, under ``ray job submit``) Ray, keeping its own lines off the console."""
     import ray
 
-    if not verbose:
-        console.quiet_ray_logging()
+    console.tame_ray_logging(verbose=verbose)
     with _ray_keeps_our_sigterm_handler():
         ray.init(
             address=config.ray.address,

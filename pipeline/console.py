@@ -41,6 +41,8 @@ _SECRET_PARAMS = re.compile(
 # controls that reorder what a terminal shows (Trojan Source).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\x1b"}
+# Terminal colour and style sequences (CSI ... m and the like), as libraries write them.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # Library loggers silenced (to ERROR) unless --verbose; Ray's own go further (see quiet_ray_logging).
 LIBRARY_LOGGERS = ("ray", "transformers", "huggingface_hub", "urllib3", "botocore", "boto3", "s3transfer", "filelock", "fsspec")
@@ -71,6 +73,11 @@ def _escape_one(match: re.Match) -> str:
     return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
+def strip_ansi(text: str) -> str:
+    """A library's line without its colour codes (for output that is not a terminal)."""
+    return _ANSI.sub("", text)
+
+
 def for_console(text: object) -> str:
     """One safe line: credentials redacted, control characters escaped."""
     return escape_controls(redact(str(text)))
@@ -83,10 +90,14 @@ def say(message: object, *, file=None) -> None:
 
 
 class SafeFormatter(logging.Formatter):
-    """Log records (tracebacks included) redacted and escaped line by line; no colour codes."""
+    """Log records (tracebacks included) redacted and escaped line by line; a library's own
+    colour codes (``--verbose``) removed first, so they neither colour nor clutter the line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return "\n".join(for_console(line) for line in super().format(record).split("\n"))
+        text = super().format(record)
+        if not record.name.startswith("pipeline"):
+            text = strip_ansi(text)
+        return "\n".join(for_console(line) for line in text.split("\n"))
 
 
 def configure(*, verbose: bool, quiet: bool) -> None:
@@ -99,6 +110,8 @@ def configure(*, verbose: bool, quiet: bool) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("pipeline").setLevel(logging.WARNING if quiet else logging.INFO)
     if verbose:
+        if not _is_terminal(sys.stderr):
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray colours its "(pid=...)" prefixes even in a pipe
         return
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
@@ -108,14 +121,27 @@ def configure(*, verbose: bool, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def quiet_ray_logging() -> None:
-    """Ray installs its own stderr handler on the ``ray`` logger when imported; keep it for ERROR only
-    and stop its records from reaching ours as well (so nothing prints twice)."""
+def tame_ray_logging(*, verbose: bool) -> None:
+    """Ray gives its ``ray`` logger a handler of its own on import, and ``ray.init`` replaces it
+    unless told not to (:func:`ray_init_options` tells it). Unless ``verbose`` nothing of Ray's
+    logging reaches the console; with ``verbose`` its records go through our handler (colour codes
+    removed: Ray writes them into the message text itself)."""
     logger = logging.getLogger("ray")
-    logger.setLevel(logging.CRITICAL)
-    for handler in logger.handlers:
-        handler.setFormatter(SafeFormatter("%(message)s"))
-    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if verbose:
+        logger.setLevel(logging.INFO)
+        logger.propagate = True
+    else:
+        logger.setLevel(logging.CRITICAL + 1)  # not even Python's last-resort handler prints them
+        logger.propagate = False
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def ray_init_options(*, verbose: bool) -> dict:
@@ -123,8 +149,7 @@ def ray_init_options(*, verbose: bool) -> dict:
 
     ``log_to_driver=False``: the actors' stdout/stderr (and Ray's per-task
     retry warnings) stay in Ray's session logs instead of being echoed by the
-    driver. ``logging_level``: the driver-side ``ray`` logger.
+    driver. ``configure_logging=False``: the driver-side ``ray`` logger stays as
+    :func:`tame_ray_logging` set it.
     """
-    if verbose:
-        return {"log_to_driver": True, "logging_level": logging.INFO}
-    return {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    return {"log_to_driver": verbose, "configure_logging": False}  # see tame_ray_logging
