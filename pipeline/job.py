@@ -232,14 +232,18 @@ class NarrationJob:
         """Starts Ray if needed and the stage actors, and waits until every model is loaded.
 
         False when a stop request came first. The wait for the actors polls, so a
-        stop ends a job that waits for resources the cluster lacks; the blocking
-        steps before it (``ray.init``, reserving a placement group) are interrupted
-        by the signal itself (the job is not ``_polling`` there).
+        stop ends a job that waits for resources the cluster lacks. Creating the
+        actors (and reserving a placement group) is interrupted by the signal itself
+        (the job is not ``_polling`` there). ``ray.init`` is not: interrupted while it
+        starts a local Ray, it leaves some of Ray's processes running with nobody to
+        end them, so a stop during it takes effect as soon as it returns.
         """
+        if not ray.is_initialized():
+            (self.start_ray or ray.init)()
+            if self.stop_requested:
+                return False
         self._polling = False
         try:
-            if not ray.is_initialized():
-                (self.start_ray or ray.init)()
             self.pipeline = StagePipeline(self.config)
         finally:
             self._polling = True

@@ -220,15 +220,17 @@ def test_ctrl_c_during_start_up_ends_with_one_line(tmp_path, tiny_model_dir):
     config = _config(tmp_path, tiny_model_dir)
     command = [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input", str(source), "--quiet"]
 
-    # While Python imports torch and transformers, then while Ray and the stage actors start.
-    for moment, output in (("imports", tmp_path / "o1"), ("ray", tmp_path / "o2")):
+    # While Python imports torch and transformers, while Ray starts, while the stage actors load.
+    for moment, output in (("imports", tmp_path / "o1"), ("ray", tmp_path / "o2"), ("actors", tmp_path / "o3")):
         process = subprocess.Popen(
             [*command, "--output", str(output)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         if moment == "imports":  # torch's native library is being loaded
             _wait_until(process, lambda: "libtorch" in Path(f"/proc/{process.pid}/maps").read_text(), "torch never loaded")
-        else:  # ray.init has started its processes: the actors are being created and load their models
+        elif moment == "ray":  # ray.init has started its first processes
             _wait_until(process, lambda: any("raylet" in " ".join(p.cmdline()) for p in _children(process.pid)), "Ray never started")
+        else:  # a stage actor exists and is loading its model
+            _wait_until(process, lambda: any("Worker" in p.name() for p in _children(process.pid)), "no stage actor started")
         ray_processes = _children(process.pid)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
