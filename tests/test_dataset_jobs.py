@@ -153,14 +153,16 @@ def test_sigterm_stops_the_command_cleanly_and_the_rerun_finishes(tiny_model_dir
     command = [sys.executable, "-m", "pipeline", "run", "--config", config, "--input", source, "--output", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    before = []
     for line in process.stdout:
+        before.append(line)
         if line.startswith("ok "):
             break
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     output, _ = process.communicate(timeout=60)
     assert time.monotonic() - started < 30
-    assert process.returncode == 1 and "stopped:" in output
+    assert process.returncode == 1 and "stopped:" in output, "".join(before) + output
     recorded = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert 1 <= len(recorded) < 36
     rerun = subprocess.run(command + ["--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
