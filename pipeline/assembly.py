@@ -238,6 +238,10 @@ class ItemMetadata(_Strict):
     files: dict[str, str] = Field(
         default_factory=dict, description="kind -> URI of what was written: audio, srt, vtt, tokens ..."
     )
+    fingerprint: str | None = Field(default=None, description="digest of what shaped the audio (pipeline.fingerprint)")
+    fingerprint_parts: dict[str, str] = Field(
+        default_factory=dict, description="the fingerprint's parts (text, voice, seed, ...), to say what changed on a redo"
+    )
 
 
 def write_json_atomic(path: Path, data: BaseModel | dict[str, Any] | list[Any]) -> None:

@@ -1,22 +1,45 @@
 """The ``bark-pipeline`` command.
 
-Exit codes: 0 every item succeeded, 1 some items failed, 2 bad config or
-arguments (nothing was narrated). Errors are one line on stderr.
+Exit codes tell the truth about the output, whatever earlier runs did:
+
+- 0: every item of the input is done and ok in the output (by this run or an earlier one);
+- 1: the output is not complete: an item of the input is failed there (this run's
+  failures and those recorded by earlier runs, each listed with its reason), the job
+  was stopped, or it broke off after narration had begun (a storage fault, a bug);
+- 2: nothing could start, and nothing was narrated: bad arguments or config, an input
+  that is missing or has no items, an unusable output, model or voice.
+
+stdout carries the summary line and nothing else; our other lines go to stderr, and
+the libraries' own lines nowhere unless ``--verbose``. The arguments, the config
+(every error, one line each) and the input (it exists and yields items) are checked
+before torch, transformers or Ray is even imported, so such a mistake is reported
+at once; Ray and the stage models start only once an item needs narrating.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import itertools
 import logging
-import signal
 import sys
-import threading
+import traceback
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from pipeline import console
+from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.stop import StopRequested, StopSignals
+from workers.errors import UserError
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_NOT_STARTED = 0, 1, 2
+# The names these codes had before.
+EXIT_ITEMS_FAILED, EXIT_BAD_CONFIG = EXIT_INCOMPLETE, EXIT_NOT_STARTED
+PROG = "bark-pipeline"
+
+
+class InputError(UserError):
+    """``--input`` cannot be read as a whole, or holds no items."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,12 +47,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        print(f"bark-pipeline: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_CONFIG)
+        console.say(f"{PROG}: error: {message}")
+        raise SystemExit(EXIT_NOT_STARTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bark-pipeline", description="Narrate text with Bark, one Ray actor per stage.")
+    parser = _Parser(prog=PROG, description="Narrate text with Bark, one Ray actor per stage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="narrate a text file or a folder of them")
@@ -43,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="output directory, or s3://bucket/prefix")
     run.add_argument("--voice", help="default voice: preset name (v2/en_speaker_6) or .npz path")
     run.add_argument("--seed", type=int, help="job seed (overrides the config)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar: only errors and the summary")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or per-item ok lines: only errors and the summary")
+    run.add_argument(
+        "--verbose", action="store_true", help="also show Ray's, the stage actors' and the libraries' own log lines"
+    )
     run.add_argument("--retry-failed", action="store_true", help="also redo items an earlier run recorded as failed")
+    run.add_argument(
+        "--force", action="store_true", help="redo every item, even those done and unchanged since an earlier run"
+    )
 
     commands.add_parser("voices", help="list the voice presets that ship with Suno's bark package")
 
@@ -61,91 +90,192 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _items(source: str, config):
-    """The item stream of ``--input`` (a dataset read row by row, or text files) and,
-    where it is cheap to know, how many items it holds (for the progress bar's ETA)."""
+# ---------------------------------------------------------------- checks before anything heavy
+
+
+def _check_output(output: str) -> None:
+    if "://" not in output and Path(output).exists() and not Path(output).is_dir():
+        raise ConfigError(f"--output: {output} is not a directory")
+
+
+def _open_input(source: str, config: JobConfig):
+    """The item stream of ``--input`` with its first item already read (so an input without
+    items, or unreadable as a whole, fails here), and how many items it holds where that is
+    cheap to know (for the progress bar's ETA)."""
     from pipeline.datasets import count_rows, is_dataset, iter_dataset_items
     from pipeline.sources import READERS, iter_file_items
 
+    try:
+        if is_dataset(source):
+            items, total = iter_dataset_items(source, config.input.columns, s3=config.s3, limits=config.limits), count_rows(source)
+            what = "rows"
+        else:
+            path = Path(source)
+            if source.startswith("s3://"):
+                raise InputError(f"--input: only datasets (.jsonl, .csv, .parquet) can be read from S3, not {source}")
+            if not path.exists():
+                raise InputError(f"--input: {source} does not exist")
+            if path.is_file() and path.suffix.lower() not in READERS:
+                raise InputError(
+                    f"--input: cannot read {path.suffix or 'suffix-less'} files; use {', '.join(READERS)}, a folder, or a dataset"
+                )
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
+            one_item_each = all(f.suffix.lower() != ".epub" for f in files)  # an EPUB holds one item per chapter
+            items, total = iter_file_items(path, config.limits), (len(files) if one_item_each else None)
+            what = f"{', '.join(READERS)} files" if path.is_dir() else "chapters"
+        first = next(items, None)
+    except UserError:
+        raise
+    except OSError as exc:  # the file system refused (permissions, a vanished file): the user's to fix
+        raise InputError(f"--input: {exc}") from None
+    if first is None:
+        raise InputError(f"no items in {source} (no {what} with anything to narrate)")
+    return itertools.chain([first], items), total
+
+
+def _check_dataset_columns(source: str, config: JobConfig) -> None:
+    """A dataset's id and text columns, checked once on its schema before any row is read:
+    one line naming the missing column and the columns present, not a failure per row."""
+    from pipeline.datasets import check_columns, is_dataset
+
     if is_dataset(source):
-        return iter_dataset_items(source, config.input.columns, s3=config.s3), count_rows(source)
-    path = Path(source)
-    if source.startswith("s3://"):
-        raise ConfigError(f"--input: only datasets (.jsonl, .csv, .parquet) can be read from S3, not {source}")
-    if not path.exists():
-        raise ConfigError(f"--input: {source} does not exist")
-    if path.is_file() and path.suffix.lower() not in READERS:
-        raise ConfigError(f"--input: cannot read {path.suffix or 'suffix-less'} files; use {', '.join(READERS)}, a folder, or a dataset")
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
-    one_item_each = all(f.suffix.lower() != ".epub" for f in files)  # an EPUB holds one item per chapter
-    return iter_file_items(path), len(files) if one_item_each else None
+        check_columns(source, config.input.columns, s3=config.s3, limits=config.limits)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import ray
+# ---------------------------------------------------------------- run
 
-    from pipeline.job import NarrationJob
-    from pipeline.voices import VoiceError
-    from workers.checkpoints import CheckpointError, resolve_checkpoint_dir
 
+def _run(args: argparse.Namespace, stops: StopSignals) -> int:
     overrides = {k: v for k, v in (("voice", args.voice), ("seed", args.seed)) if v is not None}
     try:
         config = load_config(args.config, overrides)
-        items, total = _items(args.input, config)
-        if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
-            raise ConfigError(f"--output: {args.output} is not a directory")
+        _check_output(args.output)
+        _check_dataset_columns(args.input, config)
+        items, total = _open_input(args.input, config)
+    except UserError as exc:
+        return _not_started(exc)
+
+    # From here on torch and transformers load (the tokenizer, the voice checks); Ray only when needed.
+    from pipeline.job import NarrationJob
+    from workers.checkpoints import resolve_checkpoint_dir
+
+    ray_started: list[bool] = []
+
+    def start_ray() -> None:
+        ray_started.append(True)
+        _start_ray(config, verbose=args.verbose, stops=stops)
+
+    try:
         resolve_checkpoint_dir(config.model)  # fails here, or makes the tiny model once
-        job = NarrationJob(config, args.output, quiet=args.quiet, retry_failed=args.retry_failed, total_items=total)
-    except (ConfigError, CheckpointError, VoiceError, ValueError) as exc:
-        print(f"bark-pipeline: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    if not ray.is_initialized():
-        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, log_to_driver=not args.quiet)
-    with _stop_on_signals(job):
-        try:
-            summary = job.run(items)
-        except (ConfigError, CheckpointError, VoiceError, OSError, ValueError) as exc:  # e.g. a dataset without its text column
-            print(f"bark-pipeline: {exc}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-    print(f"{summary.line()} -> {args.output}")
-    return summary.exit_code
+        job = NarrationJob(
+            config,
+            args.output,
+            quiet=args.quiet,
+            retry_failed=args.retry_failed,
+            force=args.force,
+            total_items=total,
+            start_ray=start_ray,
+        )
+    except UserError as exc:
+        return _not_started(exc)
+    stops.target = job
+    try:
+        summary = job.run(items)
+    except (UserError, OSError) as exc:  # the output or the input failed as a whole mid-job, a stage could not start
+        if not job.narrating:
+            return _not_started(exc)
+        console.say(f"{PROG}: {exc}")
+        return _print_summary(job.progress.summary, args.output)
+    except Exception as exc:  # noqa: BLE001 - a bug: said so, with its traceback, never as "bad config"
+        _report_bug(exc)
+        if job.narrating:
+            _print_summary(job.progress.summary, args.output)
+        return EXIT_INCOMPLETE
+    finally:
+        stops.target = None
+        if ray_started:
+            _disconnect_ray()
+    return _print_summary(summary, args.output)
+
+
+def _start_ray(config: JobConfig, *, verbose: bool, stops: StopSignals) -> None:
+    """Starts (or joins, under ``ray job submit``) Ray, keeping its own lines off the console."""
+    import ray
+
+    console.tame_ray_logging(verbose=verbose)
+    with _ray_keeps_our_sigterm_handler():
+        ray.init(
+            address=config.ray.address,
+            num_cpus=config.ray.num_cpus,
+            num_gpus=config.ray.num_gpus,
+            **console.ray_init_options(verbose=verbose),
+        )
+    stops.install()  # in case ray.init put its own handler in place of ours all the same
 
 
 @contextlib.contextmanager
-def _stop_on_signals(job):
-    """SIGINT/SIGTERM (Ctrl-C, ``ray job stop``) end the job cleanly: finished items stay
-    recorded, nothing partial is left under a final name, and a rerun resumes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
+def _ray_keeps_our_sigterm_handler():
+    """``ray.init`` installs SIGTERM handlers of its own (``sys.exit(15)`` while it connects; a local
+    head's "kill every process, exit 1" after): a SIGTERM during start-up would end the command with
+    no word and a code that is not ours. Ray installs them through one helper; while ``ray.init``
+    runs it does nothing, so our handler (a clean stop; Ray's own atexit hook still ends the
+    processes it started) stays in place."""
+    import ray._private.utils as ray_utils
+
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:  # a Ray without that helper: reinstalling ours after ray.init is all we can do
+        yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def stop(signum, _frame):
-        print(f"bark-pipeline: {signal.Signals(signum).name}: stopping, finished items are kept", file=sys.stderr)
-        job.request_stop()
-
-    for sig in previous:
-        signal.signal(sig, stop)
+    ray_utils.set_sigterm_handler = lambda _handler: None
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        ray_utils.set_sigterm_handler = original
 
 
-def _make_tiny(args: argparse.Namespace) -> int:
+def _disconnect_ray() -> None:
+    """Leaves Ray now rather than in an exit hook: explicit, and quick (a local Ray's processes end here)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception as exc:  # noqa: BLE001 - on the way out; the job's own outcome is already known
+        logging.getLogger(__name__).debug("ray.shutdown: %s", exc)
+
+
+def _not_started(exc: BaseException) -> int:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        console.say(f"{PROG}: {line}")
+    return EXIT_NOT_STARTED
+
+
+def _print_summary(summary, output: str) -> int:
+    console.say(f"{summary.line()} -> {output}", file=sys.stdout)
+    return summary.exit_code
+
+
+def _report_bug(exc: BaseException) -> None:
+    console.say("".join(traceback.format_exception(exc)).rstrip())
+    console.say(f"{PROG}: internal error (a bug, not a problem with the input or config; the traceback is above): "
+                f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- other commands
+
+
+def _make_tiny(args: argparse.Namespace, _stops: StopSignals) -> int:
     from workers.tiny_model import make_tiny_model
 
     try:
         path = make_tiny_model(args.directory, seed=args.seed, fmt=args.format, size=args.size)
     except (OSError, ValueError) as exc:
-        print(f"bark-pipeline: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        console.say(f"{PROG}: {exc}")
+        return EXIT_NOT_STARTED
     print(f"{args.size} {args.format} checkpoint written to {path}")
     return EXIT_OK
 
 
-def _voices(_args: argparse.Namespace) -> int:
+def _voices(_args: argparse.Namespace, _stops: StopSignals) -> int:
     from pipeline.voices import list_voices
 
     for name in list_voices():
@@ -153,12 +283,38 @@ def _voices(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+COMMANDS = {"run": _run, "voices": _voices, "make-tiny-model": _make_tiny}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Our own messages at INFO; libraries (boto3 announces where it found credentials) only warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("pipeline").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
-    return {"run": _run, "voices": _voices, "make-tiny-model": _make_tiny}[args.command](args)
+    stops = StopSignals()
+    stops.install()  # first of all: Ctrl-C while torch imports is one line too
+    try:
+        args = build_parser().parse_args(argv)
+        console.configure(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
+        return COMMANDS[args.command](args, stops)
+    except StopRequested:
+        return EXIT_INCOMPLETE  # the handler has said so, in one line
+    except KeyboardInterrupt:  # where our handler was not installed (not the main thread)
+        console.say(f"{PROG}: interrupted")
+        return EXIT_INCOMPLETE
+    except Exception as exc:  # noqa: BLE001 - a bug outside the job (the job reports its own)
+        _report_bug(exc)
+        return EXIT_INCOMPLETE
+    finally:
+        stops.uninstall()
+        if argv is None:
+            _exit_quickly()
+
+
+def _exit_quickly() -> None:
+    """When this process is the command itself (``argv`` read from ``sys.argv``), its objects live until
+    exit; the interpreter's last garbage collection would walk all of torch's and transformers' for
+    seconds, while ``ray job stop`` allows 3 s between SIGTERM and SIGKILL. Freezing them leaves them
+    out of that collection; files and Ray are already closed by then, and exit hooks still run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
 
 
 if __name__ == "__main__":

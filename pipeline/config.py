@@ -271,14 +271,12 @@ class JobConfig(Strict):
 
 
 class ConfigError(UserError):
-    """A config that cannot run; the message is one line naming the field."""
+    """A config that cannot run; the message is one line per problem, each naming its field."""
 
 
-def _first_error_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    path = ".".join(str(p) for p in err["loc"]) or "<root>"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}: {err['msg']}{more}"
+def _error_lines(exc: ValidationError) -> list[str]:
+    """Every validation error, one line each naming the field (never the value: it may be a secret)."""
+    return [f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
@@ -297,7 +295,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
     try:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"config {path}: {_first_error_line(exc)}") from None
+        raise ConfigError("\n".join(f"config {path}: {line}" for line in _error_lines(exc))) from None
     return _resolve_relative_paths(config, path.parent)
 
 

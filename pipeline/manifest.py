@@ -59,6 +59,9 @@ class ManifestEntry(BaseModel):
     checksum: str | None = Field(default=None, description="sha256 of the audio object")
     bytes: int | None = Field(default=None, description="size of the audio object, checked on resume")
     error: str | None = None
+    fingerprint: str | None = Field(
+        default=None, description="digest of what shaped the item's audio (pipeline.fingerprint); a rerun redoes the item when it differs"
+    )
 
 
 class Manifest:

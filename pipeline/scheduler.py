@@ -73,7 +73,12 @@ class StagePipeline:
 
     def placements(self) -> list[dict]:
         """Waits for every actor to load its model; fails here, before any work, if one cannot."""
-        return ray.get([actor.placement.remote() for actors in self.replicas.values() for actor in actors])
+        return ray.get(self.placement_refs())
+
+    def placement_refs(self) -> list[ray.ObjectRef]:
+        """Every actor's placement, ready once its model is loaded: a caller can wait on these with
+        ``ray.wait`` and a timeout, and give up (a stop) while the cluster lacks room for an actor."""
+        return [actor.placement.remote() for actors in self.replicas.values() for actor in actors]
 
     def submit(self, chunks: Sequence[ChunkWork]) -> list[ChunkRefs]:
         """Queues each chunk through all four stages at once; Ray starts each call when its inputs exist."""

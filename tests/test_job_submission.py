@@ -44,7 +44,12 @@ POLL_S = 0.25
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 # What the upload of the working_dir must leave behind (.gitignore and .rayignore).
 NOT_UPLOADED = (".git", ".venv", "venv", "models", "out", ".hypothesis", ".pytest_cache")
-SUMMARY = r"^(done|stopped): (\d+) ok, (\d+) failed, (\d+) skipped; .* -> (.+)$"
+SUMMARY = r"^(done|stopped|aborted): (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) changed; .* -> (.+)$"
+# What the job supervisor logs when the driver ended on its own within Ray's stop grace period
+# (RAY_JOB_STOP_WAIT_TIME_S, 3 s by default), and what it logs when it had to SIGKILL it.
+STOPPED_GRACEFULLY, FORCE_KILLED = "has been terminated gracefully with SIGTERM", "force-killed with SIGKILL"
+# Lines that are Ray's, not ours: they must not reach the job's log (the driver's stdout and stderr).
+RAY_LINES = re.compile(r"\(raylet\)|\(\w+Worker pid=|retries remaining|Started a local Ray instance|Connecting to existing Ray cluster|\x1b\[")
 
 
 @dataclass
@@ -228,6 +233,16 @@ def _hidden_files(output: Path) -> list[str]:
     return [str(p.relative_to(output)) for p in output.rglob(".*.tmp")]
 
 
+def _supervisor_log(head: RayHead, job_id: str) -> str:
+    """The job supervisor's own log: it says whether the driver ended within the stop grace period."""
+    path = head.session_dir() / "logs" / "jobs" / f"supervisor-{job_id}.log"
+    deadline = time.monotonic() + 30
+    while not (path.is_file() and (STOPPED_GRACEFULLY in (text := path.read_text()) or FORCE_KILLED in text)):
+        assert time.monotonic() < deadline, f"no stop outcome in {path}"
+        time.sleep(POLL_S)
+    return text
+
+
 def _summary(logs: str) -> re.Match:
     match = re.search(SUMMARY, logs, re.MULTILINE)
     assert match, f"no summary line in the job's log:\n{logs[-3000:]}"
@@ -256,8 +271,9 @@ def test_submitted_job_narrates_from_the_uploaded_working_dir(ray_head, tiny_mod
 
     # The driver's own summary line, as `ray job logs` shows it.
     summary = _summary(logs)
-    assert summary.group(1, 2, 3, 4) == ("done", "1", "0", "0") and summary.group(5) == str(output)
+    assert summary.group(1, 2, 3, 4, 5) == ("done", "1", "0", "0", "0") and summary.group(6) == str(output)
     assert "ok      lighthouse:" in logs
+    assert not RAY_LINES.search(logs), logs[-3000:]  # our lines only: Ray's own stay in Ray's logs
 
     # The job ran from the repository uploaded as its working_dir, without what is ignored.
     package = re.fullmatch(r"gcs://(_ray_pkg_[0-9a-f]+)\.zip", ray_head.client.get_job_info(job_id).runtime_env["working_dir"])
@@ -304,11 +320,15 @@ def test_stopped_job_resumes_without_redoing_finished_items(ray_head, tiny_model
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert _wait_for_end(ray_head.client, first) == JobStatus.STOPPED
 
-    # The driver took SIGTERM as a clean stop: it said so and printed its summary.
+    # The driver took SIGTERM as a clean stop: it said so in one line, cancelled the chunks in
+    # flight, printed its summary and ended by itself within Ray's grace period.
     logs = ray_head.client.get_job_logs(first)
     assert "SIGTERM: stopping" in logs, logs[-3000:]
     summary = _summary(logs)
     assert summary.group(1) == "stopped" and summary.group(3, 4) == ("0", "0")
+    assert not RAY_LINES.search(logs) and "Traceback" not in logs, logs[-3000:]
+    supervisor = _supervisor_log(ray_head, first)
+    assert STOPPED_GRACEFULLY in supervisor and FORCE_KILLED not in supervisor, supervisor[-3000:]
 
     # Whole manifest lines only, and nothing partial under a final name.
     before = {e["id"]: e for e in _manifest(output)}
