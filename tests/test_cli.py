@@ -44,7 +44,9 @@ sys.exit(code)
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "AWS_"))}
+    """The command's environment as a user's shell gives it: no Ray address, no AWS settings,
+    and Ray's own log level (conftest lowers it for the test process only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_BACKEND_LOG_LEVEL", "AWS_"))}
     env.update(PYTHONPATH=str(REPO), **extra)
     return env
 

@@ -29,6 +29,7 @@ from pipeline.job import NarrationJob
 from pipeline.placement import MIN_BUNDLE_CPU, StagePlacement, replica_requests
 from pipeline.scheduler import StagePipeline
 from pipeline.sources import Item
+from session_ray import start_test_ray
 from tests.conftest import REPO
 
 STAGES = ("semantic", "coarse", "fine", "codec")
@@ -85,7 +86,7 @@ def sim():
     finally:
         cluster.shutdown()
         if had_ray:  # the session's Ray, as tests/conftest.py's ray_session starts it
-            ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+            start_test_ray()
 
 
 def _config(tiny_model_dir, strategy: str, stages: dict | None = None, **top) -> JobConfig:
