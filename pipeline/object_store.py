@@ -582,10 +582,13 @@ def _check_bucket(bucket: str) -> str:
 
 
 def _public_url(url: str) -> str:
-    """The endpoint without any user:password@ part, for logs and errors."""
+    """The endpoint for logs and errors: a user:password@ part shown as ``[redacted]@`` (so the
+    reader sees credentials were there), no query or fragment."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
+    if parts.username or parts.password:
+        netloc = f"{REDACTED}@{netloc}"
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 

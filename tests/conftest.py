@@ -11,7 +11,7 @@ import torch
 from hypothesis import settings
 
 from s3_server import seaweed_fixture  # noqa: F401 - registers the session's s3_server fixture
-from session_ray import metrics_port, start_test_ray
+from session_ray import start_test_ray
 from workers.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,8 @@ torch.set_num_threads(1)
 # the interpreter exits reaches Ray's logger after its static state is torn down: a
 # SIGSEGV after every test has passed (gdb: OpenTelemetryMetricExporter::Export ->
 # RayLog::~RayLog -> spdlog registry, the main thread in the exit handlers). The command
-# runs one session per process and is not exposed; here the leaked reader must not log.
+# runs one session per process and is not exposed; here (test_placement and test_metrics
+# each replace the session's Ray for a while) the leaked readers must not log.
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
 
 
@@ -50,14 +51,6 @@ def ray_session():
         start_test_ray()
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture
-def ray_metrics_port(ray_session) -> int:
-    """Where the session Ray's metrics agent serves Prometheus text."""
-    port = metrics_port()
-    assert port is not None, "Ray was started by something other than start_test_ray()"
-    return port
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.request
 
@@ -30,6 +31,39 @@ STAGES = ("semantic", "coarse", "fine", "codec")
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def metrics_port():
+    """A Ray of its own whose metrics agent serves Prometheus text on a known port.
+
+    Ray cannot be given an export port once started, so a Ray that an earlier
+    test started (conftest's ``ray_session``) is shut down and replaced by one with
+    the same resources; that one is left running for the tests after this module,
+    which would otherwise find Ray gone under a fixture that believes it started it.
+    """
+    was_running = ray.is_initialized()
+    resources = ray.cluster_resources() if was_running else {}
+    ray.shutdown()
+    port = _free_port()
+    ray.init(
+        address="local",  # a new Ray, even if a `ray start` head runs on this machine
+        num_cpus=int(resources.get("CPU", 2)),
+        num_gpus=int(resources.get("GPU", 4)),
+        include_dashboard=False,  # the metrics agent runs without the dashboard's web UI
+        log_to_driver=False,
+        _metrics_export_port=port,
+        _system_config={"metrics_report_interval_ms": 1000},  # workers report every second, not every 10 s
+    )
+    yield port
+    if not was_running:
+        ray.shutdown()
 
 
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
@@ -67,7 +101,7 @@ def poll(port: int, check, timeout_s: float = POLL_TIMEOUT_S):
         time.sleep(0.5)
 
 
-def test_stage_metrics_from_a_real_actor_reach_the_prometheus_endpoint(ray_metrics_port):
+def test_stage_metrics_from_a_real_actor_reach_the_prometheus_endpoint(metrics_port):
     # The actor is a StageMetrics itself: each remote call is one of the methods the
     # stage actors call, run in order in the actor's own process.
     actor = ray.remote(num_cpus=0)(StageMetrics).remote("probe", 3)
@@ -109,10 +143,10 @@ def test_stage_metrics_from_a_real_actor_reach_the_prometheus_endpoint(ray_metri
         assert total(samples, "ray_bark_stage_chunk_latency_seconds_bucket", le="5.0", **tags) == 2
         assert total(samples, "ray_bark_stage_chunk_latency_seconds_bucket", le="+Inf", **tags) == 2
 
-    poll(ray_metrics_port, check)
+    poll(metrics_port, check)
 
 
-def test_job_metrics_from_the_driver_reach_the_prometheus_endpoint(ray_metrics_port):
+def test_job_metrics_from_the_driver_reach_the_prometheus_endpoint(metrics_port):
     metrics = JobMetrics()
     metrics.item_done("ok", audio_seconds=2.5, latency_s=4.0)
     metrics.item_done("ok", audio_seconds=1.0, latency_s=0.3)
@@ -132,10 +166,10 @@ def test_job_metrics_from_the_driver_reach_the_prometheus_endpoint(ray_metrics_p
         assert total(samples, "ray_bark_job_item_latency_seconds_count") == 3
         assert total(samples, "ray_bark_job_item_latency_seconds_bucket", le="0.5") == 2
 
-    poll(ray_metrics_port, check)
+    poll(metrics_port, check)
 
 
-def test_a_job_reports_every_chunk_of_every_stage(ray_metrics_port, tiny_model_dir, tmp_path):
+def test_a_job_reports_every_chunk_of_every_stage(metrics_port, tiny_model_dir, tmp_path):
     raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     raw["model"]["source"] = str(tiny_model_dir)
     raw.setdefault("sampling", {}).setdefault("semantic", {})["max_new_tokens"] = 32
@@ -146,7 +180,7 @@ def test_a_job_reports_every_chunk_of_every_stage(ray_metrics_port, tiny_model_d
         Item(id="one", text="Hello there."),
     ]
     out = tmp_path / "out"
-    before = poll(ray_metrics_port, lambda samples: samples)  # the driver's job counters go on from the test above
+    before = poll(metrics_port, lambda samples: samples)  # the driver's job counters go on from the test above
     ok_before = total(before, "ray_bark_job_items_total", status="ok")
     audio_before = total(before, "ray_bark_job_audio_seconds_total")
     summary = NarrationJob(load_config(config_path), str(out), quiet=True).run(iter(items))
@@ -169,4 +203,4 @@ def test_a_job_reports_every_chunk_of_every_stage(ray_metrics_port, tiny_model_d
         assert total(samples, "ray_bark_job_audio_seconds_total") - audio_before > 0
         assert series(samples, "ray_bark_job_chunks_in_flight") == [0]  # a finished job has nothing inside
 
-    poll(ray_metrics_port, check)
+    poll(metrics_port, check)
