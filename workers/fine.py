@@ -96,8 +96,11 @@ class FineEngine(BatchEngine):
             starts = np.minimum(window * cfg.max_fine_history_length, lengths[rows] - cfg.max_fine_input_length)
             fills = np.minimum(histories[rows] + window * cfg.max_fine_history_length, lengths[rows] - cfg.max_fine_history_length)
             index = torch.from_numpy(rows).to(self.device)
-            starts, firsts = torch.from_numpy(starts).to(self.device), torch.from_numpy(fills).to(self.device) - torch.from_numpy(starts).to(self.device)
-            window_finite = self.window(codes, window, index, starts, firsts, keys[index], temperatures[index])
+            firsts = fills - starts
+            window_finite = self.window(
+                codes, window, index, torch.from_numpy(starts).to(self.device), torch.from_numpy(firsts).to(self.device),
+                keys[index], temperatures[index], drawn_from=int(firsts.min()),
+            )
             finite.index_copy_(0, index, finite[index] & window_finite)
         with torch.profiler.record_function("engine.to_host"):
             codes_host, finite_host = codes.cpu().numpy(), finite.cpu().numpy()
@@ -109,31 +112,32 @@ class FineEngine(BatchEngine):
             for row, (a, c) in enumerate(zip(batch, chunks))
         ]
 
-    def window(self, codes, window: int, rows, starts, firsts, keys, temperature) -> torch.Tensor:
+    def window(self, codes, window: int, rows, starts, firsts, keys, temperature, drawn_from: int = 0) -> torch.Tensor:
         """One window of the given ``rows`` of ``codes`` (rows, frames, codebooks; updated in
         place): codebooks n_coarse.. predicted frame-parallel from each row's first filled
-        frame on. ``starts``, ``firsts``, ``keys``, ``temperature``: per given row.
+        frame on. ``starts``, ``firsts``, ``keys``, ``temperature``: per given row;
+        ``drawn_from``: the smallest of ``firsts``, before which no row draws (with a voice or
+        after the first window, half the window: the draws there are skipped).
         Returns whether each row's distributions were finite."""
         cfg, settings = self.cfg, self.settings
         device = codes.device
         frames = starts[:, None] + torch.arange(cfg.max_fine_input_length, device=device)  # rows, window
         buffer = codes[rows[:, None], frames]  # rows, window, codebooks
-        fill = torch.arange(cfg.max_fine_input_length, device=device)[None] >= firsts[:, None]  # rows, window
+        drawn_frames = torch.arange(drawn_from, cfg.max_fine_input_length, device=device)  # frames that may draw
+        fill = drawn_frames[None] >= firsts[:, None]  # rows, drawn frames
         greedy = (temperature == 0)[:, None]
-        index = (
-            torch.arange(cfg.max_fine_input_length, device=device)[:, None] * settings.codebook_size
-            + torch.arange(settings.codebook_size, device=device)
-        )  # window, codebook: the counter of frame f (relative to the first filled frame) and code c
+        # The counter of frame f and code c: f * codebook_size + c, from each row's first filled frame.
+        index = drawn_frames[:, None] * settings.codebook_size + torch.arange(settings.codebook_size, device=device)
         finite = torch.ones(len(rows), dtype=torch.bool, device=device)
         n_coarse = settings.n_coarse_codebooks
         for codebook in range(n_coarse, cfg.n_fine_codebooks):
-            logits = logits_for(self.model, codebook, buffer, self.attention)[..., : settings.codebook_size].float()
+            logits = logits_for(self.model, codebook, buffer, self.attention)[:, drawn_from:, : settings.codebook_size].float()
             probs = torch.softmax(logits / torch.where(temperature == 0, 1.0, temperature)[:, None, None], dim=-1)
             step = window * (cfg.n_fine_codebooks - n_coarse) + (codebook - n_coarse)
             bases = step * STEP_STRIDE - firsts * settings.codebook_size
-            drawn = draw(probs, keys, bases, index)  # rows, window
+            drawn = draw(probs, keys, bases, index)  # rows, drawn frames
             predicted = torch.where(greedy, torch.argmax(logits, dim=-1), drawn)
-            buffer[:, :, codebook] = torch.where(fill, predicted, buffer[:, :, codebook])
+            buffer[:, drawn_from:, codebook] = torch.where(fill, predicted, buffer[:, drawn_from:, codebook])
             finite &= (torch.isfinite(probs).all(dim=-1) | ~fill).all(dim=-1)
         codes[rows[:, None], frames] = buffer
         return finite
