@@ -181,7 +181,7 @@ def measure_stage(stage: str, model, settings, batch: int, inputs: dict, args) -
         "batch": batch,
         "wall_s": round(wall, 4),
         "audio_s": round(audio_s, 3),
-        "audio_s_per_s": round(audio_s / wall, 3),
+        "audio_s_per_s": _figures(audio_s / wall),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     }
     result.update(_step_counts(engine, admissions, device))
@@ -214,7 +214,7 @@ def pipeline_estimates(best: dict[str, float]) -> dict:
     """Real time factors per device: all stages sharing one device (their times add up), and
     each stage on whole devices of its own (fine and codec sharing theirs), best split of D."""
     one = 1 / sum(1 / best[s] for s in STAGES)
-    estimates = {"one_device": {"rtf_per_device": round(one, 2)}}
+    estimates = {"one_device": {"rtf_per_device": _figures(one)}}
     for devices in DEVICE_SPLITS:
         best_split, best_rate = None, 0.0
         for semantic, coarse in itertools.product(range(1, devices), repeat=2):
@@ -225,8 +225,13 @@ def pipeline_estimates(best: dict[str, float]) -> dict:
             rate = min(semantic * best["semantic"], coarse * best["coarse"], fine_codec)
             if rate > best_rate:
                 best_split, best_rate = {"semantic": semantic, "coarse": coarse, "fine+codec": rest}, rate
-        estimates[f"{devices}_devices"] = {"split": best_split, "rtf_per_device": round(best_rate / devices, 2)}
+        estimates[f"{devices}_devices"] = {"split": best_split, "rtf_per_device": _figures(best_rate / devices)}
     return estimates
+
+
+def _figures(value: float, significant: int = 4) -> float:
+    """``value`` to a few significant figures: CPU rates are hundredths, GPU ones hundreds."""
+    return float(f"{value:.{significant}g}")
 
 
 # ---------------------------------------------------------------- transformers
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["transformers"] = measure_transformers(args, checkpoint, inputs)
         for name, run in results["transformers"].items():
             for estimate in results["estimates"].values():
-                estimate[f"ratio_to_{name}"] = round(estimate["rtf_per_device"] / run["audio_s_per_wall_s"], 2)
+                estimate[f"ratio_to_{name}"] = _figures(estimate["rtf_per_device"] / (run["audio_s"] / run["wall_s"]), 3)
     print_report(results)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"engines-{results['size']}-{args.device}.json"
@@ -335,15 +340,15 @@ def print_report(results: dict) -> None:
                 print(f"{stage:9s} {r['batch']:5d} {r['error']}")
                 continue
             memory = f"{r['peak_memory_gib']:8.2f}" if r["peak_memory_gib"] is not None else f"{'-':>8s}"
-            print(f"{stage:9s} {r['batch']:5d} {r['audio_s_per_s']:10.2f} {r['ops_per_step']:9d} "
+            print(f"{stage:9s} {r['batch']:5d} {r['audio_s_per_s']:10.4g} {r['ops_per_step']:9d} "
                   f"{r['syncing_ops_per_step']:6d} {r['transfers_per_step']:6d} {memory}")
     print("\nwhole pipeline, real time factor per device:")
     for name, estimate in results["estimates"].items():
         ratios = "  ".join(f"{k.removeprefix('ratio_to_')} x{v}" for k, v in estimate.items() if k.startswith("ratio_to_"))
         split = f" ({estimate['split']})" if "split" in estimate else ""
-        print(f"  {name:11s} {estimate['rtf_per_device']:10.2f}x real time{split}   vs transformers: {ratios}")
+        print(f"  {name:11s} {estimate['rtf_per_device']:10.4g}x real time{split}   vs transformers: {ratios}")
     for name, run in results.get("transformers", {}).items():
-        print(f"  transformers {name}: {run['audio_s_per_wall_s']:.3f}x real time")
+        print(f"  transformers {name}: {run['audio_s'] / run['wall_s']:.4g}x real time")
 
 
 if __name__ == "__main__":
