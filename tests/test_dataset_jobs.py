@@ -259,3 +259,22 @@ def test_a_saved_hugging_face_dataset_with_a_repeated_id_then_a_resume(ray_sessi
 
     assert main(command) == 1
     assert "0 ok, 1 failed, 2 skipped, 0 changed" in capsys.readouterr().out
+
+
+def test_a_row_whose_sampling_would_overflow_fails_alone_and_its_batch_mates_are_narrated(ray_session, tiny_model_dir, tmp_path, capsys):
+    """``temperature: 1e-300`` once passed validation, gave NaN probabilities and failed the three
+    rows batched with it. Now the row fails alone with its field named, before any stage sees it;
+    a row whose numbers go bad inside a stage fails alone there too (tests/test_engines.py)."""
+    poisoned = {"id": "too-cold", "text": "This row asks for an impossible temperature.",
+                "params": {"sampling": {"semantic": {"temperature": 1e-300}}}}
+    source = _jsonl(tmp_path / "rows.jsonl", [GOOD[0], poisoned, GOOD[1], GOOD[2]])
+    config = _job_config(tmp_path, tiny_model_dir, stages={s: {"batch_size": 4} for s in ("semantic", "coarse", "fine", "codec")})
+    out = tmp_path / "out"
+
+    assert main(["run", "--config", config, "--input", source, "--output", str(out), "--quiet"]) == 1
+    entries = {e["id"]: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert entries["too-cold"]["status"] == "failed"
+    assert entries["too-cold"]["error"].startswith("params.semantic.temperature: "), entries["too-cold"]["error"]
+    assert "\n" not in entries["too-cold"]["error"] and "FAILED  too-cold: " in capsys.readouterr().err
+    assert [entries[r["id"]]["status"] for r in GOOD[:3]] == ["ok", "ok", "ok"]
+    assert all((out / f"{r['id']}.wav").is_file() for r in GOOD[:3])
