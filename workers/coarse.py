@@ -79,15 +79,8 @@ class CoarsePolicy:
         if target == 0:  # nothing to generate (the semantic stage stopped at once)
             return unflatten_coarse(np.zeros(0, dtype=np.int64), self.settings)
         semantic_history, coarse_history = voice_histories(request.voice, self.settings)
-        s = request.sampling
-        return RowPlan(
-            seed=request.seed,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            limit=target,
-            context=_Chunk(np.concatenate([semantic_history, semantic]), len(semantic_history), coarse_history),
-        )
+        chunk = _Chunk(np.concatenate([semantic_history, semantic]), len(semantic_history), coarse_history)
+        return RowPlan.for_request(request, limit=target, context=chunk)
 
     def _prompt(self, chunk: _Chunk, generated: np.ndarray) -> np.ndarray:
         """Suno's window: semantic tokens around the current position (padded to 256), the

@@ -131,6 +131,12 @@ class RowPlan:
     min_eos_p: float | None = None
     allow_eos: bool = False
 
+    @classmethod
+    def for_request(cls, request, *, limit: int, context: object, **eos) -> RowPlan:
+        """A plan with the request's seed and sampling (temperature, top-k, top-p)."""
+        s = request.sampling
+        return cls(seed=request.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, limit=limit, context=context, **eos)
+
 
 @dataclass(frozen=True)
 class Row:

@@ -51,11 +51,8 @@ class SemanticPolicy:
             prompt = request.voice.semantic_prompt[-width:]
             history[: len(prompt)] = prompt
         s = request.sampling
-        return RowPlan(
-            seed=request.seed,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
+        return RowPlan.for_request(
+            request,
             limit=min(s.max_new_tokens or cfg.max_new_tokens, self.max_tokens),
             context=_Prompt(text, history),
             min_eos_p=s.min_eos_p if s.stop_at_eos else None,
