@@ -180,9 +180,13 @@ def test_url_credentials_are_redacted_from_errors(tmp_path):
     """boto3 quotes the endpoint URL it could not reach, credentials and all."""
     source = _jsonl(tmp_path / "rows.jsonl", [{"id": "a", "text": "Hello."}])
     env = {"AWS_ENDPOINT_URL": SECRET_URL, "AWS_ACCESS_KEY_ID": "AKIAUSER", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_EC2_METADATA_DISABLED": "true"}
+    config = tmp_path / "job.yaml"  # configs/tiny.yaml, giving up on the dead endpoint after 2 tries, not 12
+    raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    raw["model"]["source"] = str(REPO / "models" / "tiny")
+    raw["s3"] = {"max_attempts": 2, "connect_timeout_s": 1}
+    config.write_text(yaml.safe_dump(raw))
     result, _ = _probe(
-        tmp_path, "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--input", f"s3://bucket/{source.name}",
-        "--output", str(tmp_path / "o"), **env,
+        tmp_path, "run", "--config", str(config), "--input", f"s3://bucket/{source.name}", "--output", str(tmp_path / "o"), **env,
     )
     assert result.returncode == 2
     [line] = _lines(result.stderr)
