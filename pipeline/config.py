@@ -199,7 +199,17 @@ class LeaseConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    max_chunks_in_flight: int = Field(default=64, ge=1)
+    max_chunks_in_flight: int = Field(
+        default=64, ge=1, description="chunks inside the stages and the writers at once, counted across items and within one"
+    )
+
+
+class WriterConfig(Strict):
+    """The item writers (see pipeline.writer): one Ray actor per codec replica, placed on its node when it can be."""
+
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per writer (trimming, encoding, uploads)")
+    max_restarts: int = Field(default=3, ge=-1)
+    max_task_retries: int = Field(default=-1, ge=-1, description="a part or item write is idempotent: retried until the writer is back")
 
 
 class PlacementConfig(Strict):
@@ -248,6 +258,7 @@ class JobConfig(Strict):
     output: OutputConfig = OutputConfig()
     lease: LeaseConfig = LeaseConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    writer: WriterConfig = WriterConfig()
     ray: RayConfig = RayConfig()
     placement: PlacementConfig = PlacementConfig()
     voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")

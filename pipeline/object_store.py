@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,6 +129,7 @@ class Storage(Protocol):
     def size(self, key: str) -> int | None: ...
     def list_keys(self, prefix: str = "") -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def delete_folder(self, prefix: str) -> None: ...
     def uri_for(self, key: str) -> str: ...
     def describe(self) -> str: ...
 
@@ -154,6 +156,13 @@ def check_list_prefix(prefix: str) -> str:
     if prefix:
         check_key(prefix[:-1] if prefix.endswith("/") else prefix)
     return prefix
+
+
+def check_folder(prefix: str) -> str:
+    """A folder to delete whole: a key's beginning ending in ``/``, never the output's root."""
+    if not prefix.endswith("/") or not prefix.strip("/"):
+        raise ValueError(f"not a folder below the output's root: {prefix!r}")
+    return check_list_prefix(prefix)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -232,6 +241,15 @@ class LocalStore:
         except OSError as exc:
             if exc.errno not in NO_SUCH_PATH_ERRNOS:
                 raise self._error("delete", key, exc) from exc
+
+    def delete_folder(self, prefix: str) -> None:
+        """Every key under ``prefix`` (which ends with ``/``), and the folder itself; idempotent."""
+        path = self._path(check_folder(prefix).rstrip("/"))
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            if exc.errno not in NO_SUCH_PATH_ERRNOS:
+                raise self._error("delete", prefix, exc) from exc
 
     def uri_for(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -434,6 +452,11 @@ class S3Storage:
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    def delete_folder(self, prefix: str) -> None:
+        """Every key under ``prefix`` (which ends with ``/``); idempotent."""
+        for key in list(self.list_keys(check_folder(prefix))):
+            self.delete(key)
 
     def check_reachable(self) -> None:
         """HeadBucket once, before any work: a wrong bucket, endpoint or key fails the job at the start."""

@@ -103,6 +103,9 @@ class StagePipeline:
         refs.append(next(self._next_replica["codec"]).process.remote(CodecRequest(key=c.key), refs[-1], None))
         return ChunkRefs(*refs)
 
+    def finished(self, refs: ChunkRefs) -> None:
+        """A chunk is back from every stage (or failed in one)."""
+
     def stats(self, since: float = 0.0) -> list[BatchRecord]:
         """Every replica's forward-pass spans that ended after ``since`` (unix seconds)."""
         spans = ray.get([actor.stats.remote(since) for actors in self.replicas.values() for actor in actors])

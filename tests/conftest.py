@@ -45,10 +45,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One Ray for the whole test session (see :func:`start_test_ray`)."""
+def ray_session(s3_server):
+    """One Ray for the whole test session (see :func:`start_test_ray`); its workers reach the
+    session's S3 server with the test identity, as a cluster's nodes reach S3 with theirs."""
     if not ray.is_initialized():
-        start_test_ray()
+        start_test_ray({**s3_server.aws_env(), "AWS_EC2_METADATA_DISABLED": "true"})
     yield ray
     ray.shutdown()
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 import ray
 
 
-def start_test_ray() -> None:
+_worker_env: dict[str, str] = {}
+
+
+def start_test_ray(worker_env: dict[str, str] | None = None) -> None:
     """Four logical GPUs on CPU: placement and CUDA_VISIBLE_DEVICES are exercised without CUDA.
-    ``address="local"``: a Ray of its own even where a `ray start` cluster runs on this machine."""
-    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    ``address="local"``: a Ray of its own even where a `ray start` cluster runs on this machine.
+
+    ``worker_env``: variables every worker gets (the test S3 server's identity: the item writers
+    write there from their own processes, as on a cluster); a restart reuses the last one given."""
+    if worker_env is not None:
+        _worker_env.clear()
+        _worker_env.update(worker_env)
+    ray.init(
+        address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": dict(_worker_env)} if _worker_env else None,
+    )

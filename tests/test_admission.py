@@ -47,11 +47,10 @@ def admit_all(config, output, items) -> tuple[dict, dict]:
     admitted = {}
     try:
         for item in items:
-            state = job._admit(item)
-            if state is not None:
-                admitted[item.id] = state.voice_name
+            run = job._admit(item)
+            if run is not None:
+                admitted[item.id] = run.plan.voice_name
     finally:
-        job.manifest.close()
         job.close()
     lines = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     assert all(line["status"] == "failed" for line in lines)

@@ -25,7 +25,7 @@ SECRET = "UrlSecret-55"
 SECRET_URL = f"http://AKIAUSER:{SECRET}@127.0.0.1:9"
 SUMMARY = re.compile(r"^(done|stopped|aborted): (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) changed; .* -> (.+)$")
 # Every line of ours on stderr starts like one of these (no --quiet, no terminal: no progress bar).
-OUR_LINES = re.compile(r"^(ok      |FAILED  |stage \w+ on node |bark-pipeline: |stopping: |\d+ items? failed in an earlier run)")
+OUR_LINES = re.compile(r"^(ok      |FAILED  |resumed |stage \w+ on node |bark-pipeline: |stopping: |\d+ items? failed in an earlier run)")
 # Runs main() in a fresh interpreter, then writes which heavy modules it had imported and
 # whether Ray was started in it to the file named by $CLI_REPORT.
 PROBE = """

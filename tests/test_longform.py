@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.cli import main
 from workers.config import CoarseSampling, FineSampling, ModelConfig, SemanticSampling
-from pipeline.job import history_sources
+from pipeline.planner import history_sources
 from workers.records import CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
 from pipeline.voices import load_voice
 from tests.conftest import REPO

@@ -97,7 +97,7 @@ def test_a_manifest_that_cannot_be_written_stops_the_job_and_the_rerun_loses_not
     out = tmp_path / "out"
     job = NarrationJob(config, str(out), quiet=True)
     full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, job.manifest._fd)
+    os.dup2(full, job.ledger.manifest._fd)
     os.close(full)
     with pytest.raises(ManifestError) as stopped:
         job.run(iter_dataset_items(source))

@@ -1,0 +1,235 @@
+"""The job's records: what earlier runs left, and what this run records, behind one API.
+
+The ledger owns the output's lease (one job per output), the index of what
+earlier runs finished (the resume check), the manifest this run appends to,
+the parts of unfinished items (chunk-level resume), the console progress and
+the driver's metrics. The loop asks it one question per item (:meth:`earlier`)
+and tells it one thing per item (ok, failed, skipped); how each is stored
+depends on the storage kind, chosen once in :data:`BOOKS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ValidationError
+
+from pipeline.assembly import ItemMetadata
+from pipeline.config import JobConfig
+from pipeline.console import redact
+from pipeline.fingerprint import UNKNOWN_CHANGE, ItemFingerprint, changed_parts
+from pipeline.idset import DiskIdSet
+from pipeline.lease import Lease, take_lease
+from pipeline.manifest import Manifest, ManifestEntry, ManifestIndex, ManifestParts, index_manifest
+from pipeline.metrics import JobMetrics
+from pipeline.object_store import LocalStore, ObjectNotFound, S3Storage, Storage
+from pipeline.progress import Progress
+from pipeline.storage import remove_temp_files
+from pipeline.writer import PARTS_DIR, ChunkPart, ItemFiles, part_index, part_key, part_prefix, remove_parts
+
+log = logging.getLogger(__name__)
+
+Status = Literal["done", "failed", "todo"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What earlier runs left for an item: ``done``, ``failed`` (not retried) or ``todo``;
+    with ``todo``, what changed since the record when the item is redone because of a change."""
+
+    status: Status
+    changed: str | None = None
+
+
+class _LocalBooks:
+    """A local folder: one appended ``manifest.jsonl``; temp files of killed runs are removed on open."""
+
+    def __init__(self, storage: LocalStore, run_id: str, lease: Lease) -> None:
+        for path in remove_temp_files(storage.root):
+            log.info("removed %s, left by a run that was killed", path)
+        self.index: ManifestIndex = Manifest.index(storage.root)
+        self.manifest = Manifest(storage.root)
+
+
+class _S3Books:
+    """S3: one manifest part per run under ``.bark/``, merged into ``manifest.jsonl`` at close."""
+
+    def __init__(self, storage: S3Storage, run_id: str, lease: Lease) -> None:
+        self.index = index_manifest(storage)
+        self.manifest = ManifestParts(storage, run_id=run_id, sole_writer=lambda: lease.held)
+
+
+BOOKS: dict[type, type] = {LocalStore: _LocalBooks, S3Storage: _S3Books}
+
+
+class Ledger:
+    def __init__(
+        self,
+        config: JobConfig,
+        storage: Storage,
+        run_id: str,
+        *,
+        progress: Progress,
+        retry_failed: bool = False,
+        force: bool = False,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Takes the output's lease, then reads what earlier runs recorded there: that is only
+        final once no other job writes."""
+        self.config = config
+        self.storage = storage
+        self.progress = progress
+        self.retry_failed = retry_failed
+        self.force = force
+        self.metrics = JobMetrics()
+        self.seen_ids = DiskIdSet()  # the ids this run has seen (a repeated id fails): on disk, like the index
+        self.partial = DiskIdSet()  # "<item key>/<digest>" of every item with parts left by an earlier run
+        try:
+            self.lease = take_lease(storage, run_id, config.lease, on_lost=on_lost)
+            try:
+                books = BOOKS[type(storage)](storage, run_id, self.lease)
+                self.done, self.manifest = books.index, books.manifest
+                self._index_parts()
+            except BaseException:
+                self.lease.release()
+                raise
+        except BaseException:
+            self.seen_ids.close()
+            self.partial.close()
+            raise
+
+    def close(self) -> None:
+        """Closes the manifest, the on-disk id bookkeeping and gives the lease back; idempotent."""
+        try:
+            try:
+                self.manifest.close()
+            finally:
+                self.seen_ids.close()
+                self.partial.close()
+                self.done.close()
+        finally:
+            self.lease.release()
+
+    # ------------------------------------------------------------------ resume
+
+    def first_sighting(self, item_id: str) -> bool:
+        """False for an id this run saw before: the repeat fails on the console only, the record of
+        the item it repeats is left as it is."""
+        if self.seen_ids.add(item_id):
+            return True
+        self.progress.item_failed(item_id, "id: duplicate item id in the input (the first one is kept)")
+        self.metrics.item_done("failed")
+        return False
+
+    def earlier(self, item_id: str, fingerprint: ItemFingerprint) -> Verdict:
+        """What earlier runs left for this item.
+
+        The fingerprint decides first: an item whose text, voice, seed or settings differ from its
+        record is redone, whether it was ok or failed (a fixed input needs no ``--retry-failed``), and
+        a record without a fingerprint (an unreadable row, or an older version) counts as different.
+        ``--force`` redoes every item. Only then are the objects checked: an item recorded ok must
+        still have its metadata and an audio object of the recorded size; an item with no line (the run
+        stopped between writing its objects and its manifest line) counts as done when its metadata
+        object is there with this fingerprint and its audio matches it.
+        """
+        if not self.done:
+            return Verdict("todo")
+        entry = self.done.get(item_id)
+        files = ItemFiles.of(item_id, self.config.output.format)
+        if entry is not None:
+            if entry.fingerprint != fingerprint.value:
+                return Verdict("todo", self._what_changed(files, fingerprint) if entry.status == "ok" else UNKNOWN_CHANGE)
+            if entry.status == "failed":
+                return Verdict("todo" if self.retry_failed or self.force else "failed")
+            if self.force:
+                return Verdict("todo")
+            done = self.storage.exists(files.metadata) and self.storage.size(files.audio) == entry.bytes
+            return self._settled(files, fingerprint) if done else Verdict("todo")
+        try:
+            metadata = ItemMetadata.model_validate_json(self.storage.get_bytes(files.metadata))
+        except (ObjectNotFound, ValidationError):
+            return Verdict("todo")
+        if metadata.fingerprint != fingerprint.value:
+            return Verdict("todo", changed_parts(metadata.fingerprint_parts, fingerprint.parts))
+        if self.force or metadata.audio_bytes is None or self.storage.size(files.audio) != metadata.audio_bytes:
+            return Verdict("todo")
+        self.manifest.append(
+            ManifestEntry(
+                id=item_id, status="ok", uri=self.storage.uri_for(files.audio), duration_s=metadata.duration_s,
+                checksum=metadata.audio_checksum, bytes=metadata.audio_bytes, fingerprint=metadata.fingerprint,
+            )
+        )
+        return self._settled(files, fingerprint)
+
+    def finished_chunks(self, item_id: str, fingerprint: ItemFingerprint, n_chunks: int) -> set[int]:
+        """The chunks of this item (as fingerprinted now) that an earlier run left as parts."""
+        key = ItemFiles.of(item_id, self.config.output.format).key
+        if not self._has_parts(key, fingerprint):
+            return set()
+        indices = (part_index(name) for name in self.storage.list_keys(part_prefix(key, fingerprint.value)))
+        return {i for i in indices if i is not None and i < n_chunks}
+
+    def part(self, item_id: str, fingerprint: ItemFingerprint, index: int) -> ChunkPart:
+        """An earlier run's part, read back (for the tokens a later chunk continues from)."""
+        key = ItemFiles.of(item_id, self.config.output.format).key
+        return ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, fingerprint.value, index)))
+
+    def _index_parts(self) -> None:
+        """One listing of the parts folder at the start, so an item without parts costs no request."""
+        for name in self.storage.list_keys(f"{PARTS_DIR}/"):
+            if part_index(name) is not None:
+                self.partial.add(name.removeprefix(f"{PARTS_DIR}/").rsplit("/", 1)[0])
+
+    def _settled(self, files: ItemFiles, fingerprint: ItemFingerprint) -> Verdict:
+        """A done item; parts left by a run stopped between writing it and removing them go now."""
+        if self._has_parts(files.key, fingerprint):
+            remove_parts(self.storage, files.key)
+        return Verdict("done")
+
+    def _has_parts(self, key: str, fingerprint: ItemFingerprint) -> bool:
+        return part_prefix(key, fingerprint.value).removeprefix(f"{PARTS_DIR}/").rstrip("/") in self.partial
+
+    def _what_changed(self, files: ItemFiles, fingerprint: ItemFingerprint) -> str:
+        """The fingerprint parts that differ from the item's metadata object ("voice, seed")."""
+        try:
+            metadata = ItemMetadata.model_validate_json(self.storage.get_bytes(files.metadata))
+        except (ObjectNotFound, ValidationError):
+            return UNKNOWN_CHANGE
+        return changed_parts(metadata.fingerprint_parts, fingerprint.parts)
+
+    # ------------------------------------------------------------------ records
+
+    def ok(self, entry: ManifestEntry, n_chunks: int, latency_s: float, changed: str | None) -> None:
+        self.manifest.append(entry)
+        self.progress.item_done(entry.id, entry.duration_s or 0.0, n_chunks, changed=changed)
+        self.metrics.item_done("ok", entry.duration_s or 0.0, latency_s)
+
+    def failed(self, item_id: str, reason: str, fingerprint: ItemFingerprint | None = None) -> None:
+        """Records a failure (credentials in it redacted), unless the record already says exactly this:
+        a row that fails the same way on every rerun does not grow the manifest."""
+        reason = redact(reason)
+        value = fingerprint.value if fingerprint is not None else None
+        earlier = self.done.get(item_id) if self.done else None
+        if earlier is None or (earlier.status, earlier.error, earlier.fingerprint) != ("failed", reason, value):
+            self.manifest.append(
+                ManifestEntry(id=item_id, status="failed", uri=None, duration_s=None, error=reason, fingerprint=value)
+            )
+        self.progress.item_failed(item_id, reason)
+        self.metrics.item_done("failed")
+
+    def skipped(self) -> None:
+        self.progress.item_skipped()
+        self.metrics.item_done("skipped")
+
+    def failed_earlier(self, item_id: str) -> None:
+        self.progress.item_failed_earlier(item_id, self.done.get(item_id).error)
+        self.metrics.item_done("failed")
+
+    def redone(self) -> None:
+        self.progress.item_changed()
+
+    def chunks_in_flight(self, n: int) -> None:
+        self.metrics.chunks_in_flight(n)

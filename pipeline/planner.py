@@ -1,0 +1,199 @@
+"""Planning: an item in; its settings, chunks, token ids, seeds and voice sources out.
+
+No Ray and no storage here, so planning is tested on its own. Planning is two
+steps because resume sits between them: :meth:`Planner.spec` validates the
+item's own settings and computes its fingerprint (what an earlier run's record
+is compared with), and only an item that needs narrating is split into chunks
+by :meth:`Planner.plan`. A chunk's token ids are made when it is submitted
+(:meth:`Planner.token_ids`), so a book's plan holds its text, not its tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
+from pipeline.fingerprint import Fingerprinter, ItemFingerprint
+from pipeline.seeds import chunk_seed, item_seed
+from pipeline.sources import Item, ItemError
+from pipeline.text import TextChunk, detect_language, make_chunks
+from pipeline.voices import VoiceError, load_item_voice, load_voice
+from workers.config import SamplingSet
+from workers.records import VoicePrompt
+from workers.settings import BarkSettings
+
+TOKEN_CACHE_TEXTS = 4096  # recent texts whose token ids are kept (a chunk is counted when packed, encoded when sent)
+
+
+class ItemRejected(Exception):
+    """An item that cannot be narrated: ``reason`` is one line naming the field."""
+
+    def __init__(self, reason: str, fingerprint: ItemFingerprint | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fingerprint = fingerprint
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """An item's validated settings, before its text is split."""
+
+    item: Item
+    voice: VoicePrompt | None
+    seed: int
+    sampling: SamplingSet
+    voice_mode: VoiceMode
+    voice_reset_every: int | None
+    fingerprint: ItemFingerprint
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """An item split into chunks, with the seed of each and the chunk whose tokens it continues.
+
+    ``sources[i]`` is None when chunk ``i`` is voiced by the item's voice, else an
+    earlier chunk's index. ``last_follower[s]`` is the last chunk that continues
+    chunk ``s``: until it is sent, ``s``'s tokens must stay at hand.
+    """
+
+    spec: ItemSpec
+    language: str
+    chunks: tuple[TextChunk, ...]
+    seeds: tuple[int, ...]
+    sources: tuple[int | None, ...]
+    last_follower: Mapping[int, int]
+
+    @property
+    def item(self) -> Item:
+        return self.spec.item
+
+    @property
+    def voice_name(self) -> str | None:
+        return self.spec.voice.name if self.spec.voice else None
+
+    def chunk_voice(self, index: int) -> str | None:
+        """What chunk ``index`` is conditioned on, for its metadata: a voice name, ``chunk N`` or None."""
+        source = self.sources[index]
+        return self.voice_name if source is None else f"chunk {source}"
+
+    def has_followers(self, index: int) -> bool:
+        return index in self.last_follower
+
+
+def history_sources(n_chunks: int, mode: VoiceMode, reset_every: int | None, has_voice: bool) -> list[int | None]:
+    """For each chunk, the earlier chunk whose tokens it continues from (None: the item's voice).
+
+    fixed: every chunk uses the item's voice; with no voice, chunk 0 picks a random
+    voice and the rest reuse chunk 0's tokens. chained: each chunk continues the
+    previous one; every ``reset_every`` chunks it goes back to the item's voice
+    (chunk 0's tokens when the item has none).
+    """
+    item_voice = None if has_voice else 0
+    sources: list[int | None] = [None]
+    for index in range(1, n_chunks):
+        if mode == "chained" and not (reset_every and index % reset_every == 0):
+            sources.append(index - 1)
+        else:
+            sources.append(item_voice)
+    return sources
+
+
+def last_followers(sources: list[int | None]) -> dict[int, int]:
+    """Each source chunk's last follower, in one pass over the sources."""
+    last: dict[int, int] = {}
+    for index, source in enumerate(sources):
+        if source is not None:
+            last[source] = index
+    return last
+
+
+class Planner:
+    """Turns items into plans with the job's settings, tokenizer and voices."""
+
+    def __init__(
+        self, config: JobConfig, settings: BarkSettings, encode: Callable[[str], list[int]], fingerprints: Fingerprinter
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.fingerprints = fingerprints
+        window = settings.semantic.max_input_semantic_length
+        if config.text.max_tokens > window:
+            raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
+        self.default_voice = load_voice(config.voice, settings, config.limits) if config.voice else None
+        self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(lambda text: tuple(encode(text)))
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        """Tokenizer ids, cached: the chunker counts a chunk's tokens and the stage then needs them."""
+        return self._encode(text)
+
+    def spec(self, item: Item | ItemError) -> ItemSpec:
+        """The item's settings, validated; raises :class:`ItemRejected` naming the field at fault."""
+        if isinstance(item, ItemError):
+            raise ItemRejected(f"{item.field}: {item.message}")
+        config = self.config
+        max_chars = config.limits.max_item_chars
+        if len(item.text) > max_chars:
+            raise ItemRejected(f"text: {len(item.text)} characters, over limits.max_item_chars ({max_chars})")
+        try:
+            params = ItemParams.model_validate(item.params or {})
+            sampling = _merged_sampling(config.sampling, params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ItemRejected(f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        voice_spec = params.voice or item.voice
+        try:
+            voice = self._item_voice(voice_spec) if voice_spec else self.default_voice
+        except VoiceError as exc:
+            raise ItemRejected(f"voice: {exc}") from None
+        seed = params.seed if params.seed is not None else item_seed(config.seed, item.id)
+        mode = params.voice_mode or config.voice_mode
+        reset_every = params.voice_reset_every or config.voice_reset_every
+        fingerprint = self.fingerprints.item(
+            text=item.text, voice=voice, seed=seed, sampling=sampling, voice_mode=mode, voice_reset_every=reset_every
+        )
+        return ItemSpec(item, voice, seed, sampling, mode, reset_every, fingerprint)
+
+    def plan(self, spec: ItemSpec) -> ItemPlan:
+        """Splits the item's text into chunks; raises :class:`ItemRejected` (with the fingerprint) if it cannot."""
+        text_config = self.config.text
+        language = text_config.language
+        if language == "auto":
+            language = detect_language(spec.item.text)
+        try:
+            chunks = make_chunks(
+                spec.item.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, language
+            )
+        except ValueError as exc:
+            raise ItemRejected(f"text: {exc}", spec.fingerprint) from None
+        if not chunks:
+            raise ItemRejected("text: empty after cleaning", spec.fingerprint)
+        sources = history_sources(len(chunks), spec.voice_mode, spec.voice_reset_every, spec.voice is not None)
+        return ItemPlan(
+            spec=spec,
+            language=language,
+            chunks=tuple(chunks),
+            seeds=tuple(chunk_seed(spec.seed, c.index) for c in chunks),
+            sources=tuple(sources),
+            last_follower=last_followers(sources),
+        )
+
+    def _item_voice(self, spec: str) -> VoicePrompt:
+        """An item's own voice: a preset or a file in ``voices_dir``, unless the job allows any path."""
+        config = self.config
+        return load_item_voice(
+            spec, self.settings, config.limits, voices_dir=config.voices_dir, allow_paths=config.allow_voice_paths
+        )
+
+
+def _merged_sampling(job: SamplingSet, params: ItemParams) -> SamplingSet:
+    """The job's sampling with the item's per-stage overrides on top."""
+    if not params.sampling:
+        return job
+    merged = job.model_dump()
+    for stage, overrides in params.sampling.items():
+        merged[stage] = {**merged[stage], **overrides}
+    return SamplingSet.model_validate(merged)

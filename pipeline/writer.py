@@ -1,0 +1,353 @@
+"""The item writer: where a chunk's audio goes when the codec stage has made it.
+
+It runs beside the codec replicas (a Ray actor per replica, see
+:mod:`pipeline.writer_pool`), so audio never passes through the driver:
+
+- a chunk of a multi-chunk item is written at once as a *part* under the
+  item's part folder (its audio, and its tokens where a later chunk continues
+  from them or tokens are saved), so a stopped or crashed item resumes from
+  its last finished chunk;
+- when every chunk is there, :meth:`ItemWriter.finish` reads the parts back,
+  trims, joins, resamples and encodes the audio, writes the item's audio,
+  subtitles, saved tokens and metadata (metadata last: its presence marks the
+  item complete), removes the parts and returns the manifest entry;
+- an item of one chunk skips the part and is written at once.
+
+This module is the one place that names an item's files (:class:`ItemFiles`)
+and its parts (:func:`part_key`). The class itself knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
+
+from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
+from pipeline.config import OutputConfig, VoiceMode
+from pipeline.console import redact
+from pipeline.manifest import ManifestEntry
+from pipeline.object_store import Storage, StorageError
+from pipeline.storage import BOOKKEEPING_DIR, item_key
+from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
+from pipeline.tokens import voice_npz_bytes
+from workers.records import AudioOutput, StageOutput, VoicePrompt
+from workers.settings import BarkSettings
+
+PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<fingerprint digest>/<chunk index>.npz
+PART_INDEX_DIGITS = 6
+TOKEN_STAGES = ("semantic", "coarse", "fine")
+
+
+@dataclass(frozen=True)
+class ItemFiles:
+    """The names of one item's objects: audio, metadata, subtitles, saved tokens."""
+
+    key: str
+    audio_format: str
+
+    @classmethod
+    def of(cls, item_id: str, audio_format: str) -> ItemFiles:
+        return cls(item_key(item_id), audio_format)
+
+    @property
+    def audio(self) -> str:
+        return f"{self.key}.{self.audio_format}"
+
+    @property
+    def metadata(self) -> str:
+        return f"{self.key}.json"
+
+    @property
+    def srt(self) -> str:
+        return f"{self.key}.srt"
+
+    @property
+    def vtt(self) -> str:
+        return f"{self.key}.vtt"
+
+    def tokens(self, index: int) -> str:
+        return f"{self.key}.tokens/{index:04d}.npz"
+
+
+def parts_folder(key: str) -> str:
+    """Every part of an item, whatever the fingerprint it was made with."""
+    return f"{PARTS_DIR}/{key}/"
+
+
+def part_prefix(key: str, fingerprint: str) -> str:
+    """The parts of an item made with this fingerprint (a changed item never reuses another's parts)."""
+    return f"{parts_folder(key)}{fingerprint.split(':')[-1]}/"
+
+
+def part_key(key: str, fingerprint: str, index: int) -> str:
+    return f"{part_prefix(key, fingerprint)}{index:0{PART_INDEX_DIGITS}d}.npz"
+
+
+def part_index(name: str) -> int | None:
+    """The chunk index of a part's name (the last segment), None for anything else."""
+    stem, _, ext = name.rpartition("/")[2].partition(".")
+    return int(stem) if ext == "npz" and len(stem) == PART_INDEX_DIGITS and stem.isdigit() else None
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChunkOrder(_Record):
+    """What the writer needs of one chunk for its metadata and subtitles."""
+
+    index: int
+    text: str
+    n_tokens: int
+    seed: int
+    voice: str | None
+    break_after: BreakKind
+
+
+class ItemOrder(_Record):
+    """Everything the writer needs to write an item, bar the audio (sent once, at the end)."""
+
+    item_id: str
+    title: str | None
+    extra: dict[str, Any]
+    voice: str | None
+    voice_mode: VoiceMode
+    language: str
+    seed: int
+    model: str
+    fingerprint: str
+    fingerprint_parts: dict[str, str]
+    chunks: list[ChunkOrder]
+    started: float  # unix seconds the item was admitted, for its wall time
+
+
+class PartOrder(_Record):
+    """One chunk of a multi-chunk item, to be kept as a part."""
+
+    item_id: str
+    fingerprint: str
+    index: int
+    keep_tokens: bool
+
+
+class PartReceipt(_Record):
+    item_id: str
+    index: int
+    error: str | None = None
+
+
+class ItemReceipt(_Record):
+    """An item written (``entry``) or not (``error``, one line)."""
+
+    item_id: str
+    entry: ManifestEntry | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkPart:
+    """A finished chunk as kept between its making and its item's assembly."""
+
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    timings: dict[str, float]
+    tokens: dict[str, np.ndarray] | None  # semantic (T,), coarse (2, T'), fine (8, T')
+
+    @classmethod
+    def made(cls, audio: AudioOutput, fine: StageOutput | None) -> ChunkPart:
+        tokens = None if fine is None else {"semantic": fine.semantic, "coarse": fine.coarse, "fine": fine.tokens}
+        return cls(audio.audio, audio.sample_rate, dict(audio.timings), tokens)
+
+    def to_bytes(self) -> bytes:
+        """Plain arrays in an ``.npz``: nothing pickled, read back with ``allow_pickle=False``."""
+        arrays = {
+            "audio": np.asarray(self.audio, dtype=np.float32),
+            "sample_rate": np.int64(self.sample_rate),
+            "timing_stages": np.array(list(self.timings), dtype=np.str_),
+            "timing_seconds": np.array(list(self.timings.values()), dtype=np.float64),
+        }
+        for stage, tokens in (self.tokens or {}).items():
+            arrays[stage] = np.asarray(tokens, dtype=np.int64)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChunkPart:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            audio = npz["audio"]
+            tokens = {stage: npz[stage] for stage in TOKEN_STAGES} if "fine" in npz.files else None
+            timings = dict(zip(npz["timing_stages"].tolist(), npz["timing_seconds"].tolist()))
+            return cls(audio, int(npz["sample_rate"]), timings, tokens)
+
+    def voice(self, name: str) -> VoicePrompt:
+        """This chunk's tokens as the voice a later chunk continues from (a chained voice on resume)."""
+        if self.tokens is None:
+            raise ValueError(f"part {name} has no tokens")
+        return VoicePrompt(
+            name=name,
+            semantic_prompt=self.tokens["semantic"],
+            coarse_prompt=self.tokens["coarse"],
+            fine_prompt=self.tokens["fine"],
+        )
+
+
+class ItemWriter:
+    """Writes parts and items to one output. One per codec replica; stateless between calls."""
+
+    def __init__(self, storage: Storage, output: OutputConfig, settings: BarkSettings) -> None:
+        self.storage = storage
+        self.output = output
+        self.settings = settings
+
+    def files(self, item_id: str) -> ItemFiles:
+        return ItemFiles.of(item_id, self.output.format)
+
+    def write_part(self, order: PartOrder, audio: AudioOutput, fine: StageOutput | None = None) -> PartReceipt:
+        """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them)."""
+        part = ChunkPart.made(audio, fine if order.keep_tokens else None)
+        try:
+            self.storage.put_bytes(part_key(item_key(order.item_id), order.fingerprint, order.index), part.to_bytes())
+        except StorageError as exc:
+            return PartReceipt(item_id=order.item_id, index=order.index, error=redact(f"storage: {exc}"))
+        return PartReceipt(item_id=order.item_id, index=order.index)
+
+    def write_item(self, order: ItemOrder, audio: AudioOutput, fine: StageOutput | None = None) -> ItemReceipt:
+        """An item of one chunk, written straight from its audio."""
+        return self._write(order, [ChunkPart.made(audio, fine if self.output.save_tokens else None)])
+
+    def finish(self, order: ItemOrder) -> ItemReceipt:
+        """Assembles an item from its parts, writes it, and removes the parts."""
+        key = item_key(order.item_id)
+        try:
+            parts = [
+                ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, order.fingerprint, chunk.index)))
+                for chunk in order.chunks
+            ]
+        except StorageError as exc:
+            return ItemReceipt(item_id=order.item_id, error=redact(f"storage: {exc}"))
+        receipt = self._write(order, parts)
+        if receipt.error is None:
+            remove_parts(self.storage, key)
+        return receipt
+
+    def _write(self, order: ItemOrder, parts: list[ChunkPart]) -> ItemReceipt:
+        """Writes the item's objects, metadata last; a storage fault, or metadata that cannot be written
+        as JSON, fails this item alone (what it had written is removed again)."""
+        try:
+            objects, entry = self._objects(order, parts)
+        except PydanticSerializationError as exc:
+            return ItemReceipt(item_id=order.item_id, error=f"metadata: cannot be written as JSON ({_last_line(exc)})")
+        except StorageError as exc:  # a key no storage can hold (too long for S3)
+            return ItemReceipt(item_id=order.item_id, error=redact(f"storage: {exc}"))
+        written: list[str] = []
+        try:
+            for name, data in objects.items():
+                self.storage.put_bytes(name, data)
+                written.append(name)
+        except StorageError as exc:
+            self._discard(written)
+            return ItemReceipt(item_id=order.item_id, error=redact(f"storage: {exc}"))
+        return ItemReceipt(item_id=order.item_id, entry=entry)
+
+    def _objects(self, order: ItemOrder, parts: list[ChunkPart]) -> tuple[dict[str, bytes], ManifestEntry]:
+        """Every object of a finished item, encoded but not yet written (the metadata last, as its
+        presence marks the item complete), and the manifest entry that records them."""
+        output = self.output
+        rate = parts[0].sample_rate
+        pieces = [trim_chunk(p.audio, rate, output.trim)[0] for p in parts]
+        audio, bounds = join_chunks(pieces, [c.break_after for c in order.chunks], rate, output.silence, output.crossfade_s)
+        if output.sample_rate and output.sample_rate != rate:
+            audio = resample(audio, rate, output.sample_rate)
+            bounds = [(round(s * output.sample_rate / rate), round(e * output.sample_rate / rate)) for s, e in bounds]
+            rate = output.sample_rate
+        files = self.files(order.item_id)
+        written = {"audio": files.audio}
+        encoded = encode_audio(audio, rate, output.format)
+        objects = {files.audio: encoded}
+        checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
+        chunks = [
+            ChunkMetadata(**chunk.model_dump(), start_s=start / rate, end_s=end / rate, samples=end - start)
+            for chunk, (start, end) in zip(order.chunks, bounds)
+        ]
+        if output.subtitles:
+            cues = cues_from_chunks([(c.start_s, c.end_s, c.text) for c in chunks])
+            written["srt"], written["vtt"] = files.srt, files.vtt
+            objects[files.srt] = to_srt(cues).encode("utf-8")
+            objects[files.vtt] = to_vtt(cues).encode("utf-8")
+        if output.save_tokens:
+            for index, part in enumerate(parts):
+                if part.tokens is None or part.tokens["fine"].shape[-1] == 0:
+                    continue  # a chunk that ended at once has no tokens to reuse as a voice
+                name = written[f"tokens_{index}"] = files.tokens(index)
+                objects[name] = voice_npz_bytes(name, *(part.tokens[s] for s in TOKEN_STAGES), self.settings)
+        written["metadata"] = files.metadata
+        duration = len(audio) / rate
+        metadata = ItemMetadata(
+            id=order.item_id,
+            status="ok",
+            title=order.title,
+            duration_s=duration,
+            sample_rate=rate,
+            voice=order.voice,
+            voice_mode=order.voice_mode,
+            language=order.language,
+            seed=order.seed,
+            model=order.model,
+            chunks=chunks,
+            timings=_total_timings(parts),
+            wall_s=max(0.0, time.time() - order.started),
+            files={kind: self.storage.uri_for(name) for kind, name in written.items()},
+            audio_bytes=len(encoded),
+            audio_checksum=checksum,
+            extra=order.extra,
+            fingerprint=order.fingerprint,
+            fingerprint_parts=order.fingerprint_parts,
+        )
+        objects[files.metadata] = (metadata.model_dump_json(indent=2) + "\n").encode("utf-8")
+        entry = ManifestEntry(
+            id=order.item_id,
+            status="ok",
+            uri=metadata.files["audio"],
+            duration_s=duration,
+            checksum=checksum,
+            bytes=len(encoded),
+            fingerprint=order.fingerprint,
+        )
+        return objects, entry
+
+    def _discard(self, keys: list[str]) -> None:
+        """Best effort: removes what a failed item had written, so no final name holds half an item."""
+        for key in keys:
+            try:
+                self.storage.delete(key)
+            except StorageError:
+                pass  # the item is recorded failed; a rerun overwrites whatever is left
+
+
+def remove_parts(storage: Storage, key: str) -> None:
+    """Best effort: the parts of an item that is written (any fingerprint's)."""
+    try:
+        storage.delete_folder(parts_folder(key))
+    except StorageError:
+        pass  # left for the next run that finishes this item
+
+
+def _total_timings(parts: list[ChunkPart]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for part in parts:
+        for stage, seconds in part.timings.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

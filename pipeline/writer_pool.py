@@ -1,0 +1,45 @@
+"""The item writers as Ray actors: one per codec replica, on that replica's node where it fits.
+
+A chunk's audio then goes from the codec replica to the writer beside it
+through the node's object store, and only a receipt comes back to the driver.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline.config import JobConfig
+from pipeline.object_store import Storage
+from pipeline.writer import ItemWriter
+from workers.settings import BarkSettings
+
+
+class WriterPool:
+    def __init__(self, config: JobConfig, storage: Storage, settings: BarkSettings, codec_nodes: list[str | None]) -> None:
+        """``codec_nodes``: the node id of each codec replica, in replica order (None: anywhere)."""
+        actor = ray.remote(ItemWriter)
+        options = config.writer
+        self.writers = [
+            actor.options(
+                num_cpus=options.num_cpus,
+                max_restarts=options.max_restarts,
+                max_task_retries=options.max_task_retries,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
+            ).remote(storage, config.output, settings)
+            for node in codec_nodes
+        ]
+        self._any = itertools.cycle(self.writers)
+
+    def beside(self, codec_replica: int | None):
+        """The writer on the codec replica's node (any writer when the replica is not known)."""
+        return self.writers[codec_replica % len(self.writers)] if codec_replica is not None else next(self._any)
+
+    def any(self):
+        return next(self._any)
+
+    def shutdown(self) -> None:
+        for writer in self.writers:
+            ray.kill(writer)
