@@ -248,7 +248,8 @@ class NarrationJob:
                 self.metrics.chunks_in_flight(len(in_flight))
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=STOP_POLL_S)
                 for ref in done:
-                    state, index, _refs = in_flight.pop(ref)
+                    state, index, refs = in_flight.pop(ref)
+                    self.pipeline.finished(refs)  # its audio or its error: every stage of it is done
                     self._receive(state, index, ref, states)
             self.metrics.chunks_in_flight(len(in_flight))
         except StopRequested:
