@@ -150,9 +150,10 @@ class StagePipeline:
         """The driver has the chunk's audio (or its error): every stage of it is done, so its
         replicas have that much less outstanding work and its voice one reader fewer. Costs the
         driver nothing it did not already do; a chunk told twice counts once."""
-        if refs.audio.binary() not in self._open:
+        chunk_id = refs.audio.binary()
+        if chunk_id not in self._open:
             return
-        self._open.discard(refs.audio.binary())
+        self._open.remove(chunk_id)
         for stage, replica in zip(STAGE_NAMES, refs.replicas):
             self.outstanding[stage][replica] -= 1
         if refs.voice is not None:
