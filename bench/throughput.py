@@ -150,7 +150,7 @@ def run_pipeline(pipeline, works: list, in_flight: int, pids: list[int]) -> dict
         nonlocal next_index
         while next_index < len(works) and len(pending) < in_flight:
             (refs,) = pipeline.submit([works[next_index]])
-            pending[refs.audio] = next_index
+            pending[refs.audio] = refs
             next_index += 1
 
     refill()
@@ -159,7 +159,7 @@ def run_pipeline(pipeline, works: list, in_flight: int, pids: list[int]) -> dict
         for ref in ready:
             out = ray.get(ref)
             audio_s += len(out.audio) / out.sample_rate
-            del pending[ref]
+            pipeline.finished(pending.pop(ref))
             done += 1
         refill()
     wall = time.perf_counter() - started
@@ -195,7 +195,10 @@ def measure_pipeline(args, checkpoint: Path, works: list) -> dict:
         # Warm-up: a few short chunks through every stage, so loading and first calls are not timed.
         short = sampling_set(8)
         warm = [ChunkWork(f"warm-{i}", w.text_ids, w.voice, w.seed, short) for i, w in enumerate(works[:4])]
-        ray.get([refs.audio for refs in pipeline.submit(warm)])
+        warmed = pipeline.submit(warm)
+        ray.get([refs.audio for refs in warmed])
+        for refs in warmed:
+            pipeline.finished(refs)
         runs = []
         for in_flight in args.in_flight:
             runs.append(run_pipeline(pipeline, works, in_flight, pids))

@@ -192,7 +192,7 @@ class NarrationJob:
                 if (run := self._admit(item)) is not None:
                     self._sending.append(run)
                 continue
-            if self.pipeline is None and not self._start_pipeline():
+            if self.writers is None and not self._start_pipeline():
                 return True  # stopped while the actors were starting
             run = self._sending[0]
             index = run.next_chunk()
@@ -218,11 +218,12 @@ class NarrationJob:
             (self.start_ray or ray.init)()
             if self.stop_requested:
                 return False
-        self._polling = False
-        try:
-            self.pipeline = StagePipeline(self.config)
-        finally:
-            self._polling = True
+        if self.pipeline is None:
+            self._polling = False
+            try:
+                self.pipeline = StagePipeline(self.config)
+            finally:
+                self._polling = True
         loading = self.pipeline.placement_refs()
         waiting = list(loading)
         while waiting:
@@ -304,7 +305,7 @@ class NarrationJob:
         )
         [refs] = self.pipeline.submit([work])
         self.narrating = True
-        writer = self.writers.beside(getattr(refs, "codec_replica", None))
+        writer = self.writers.beside(refs.codec_replica)
         save_tokens = self.config.output.save_tokens
         if run.n_chunks == 1:
             receipt = writer.write_item.remote(self._order(run), refs.audio, refs.fine if save_tokens else None)

@@ -33,9 +33,9 @@ class WriterPool:
         ]
         self._any = itertools.cycle(self.writers)
 
-    def beside(self, codec_replica: int | None):
-        """The writer on the codec replica's node (any writer when the replica is not known)."""
-        return self.writers[codec_replica % len(self.writers)] if codec_replica is not None else next(self._any)
+    def beside(self, codec_replica: int):
+        """The writer made for that codec replica, on its node where it fit."""
+        return self.writers[codec_replica]
 
     def any(self):
         return next(self._any)

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import ray
 import soundfile as sf
 import yaml
 

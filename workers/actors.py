@@ -100,6 +100,7 @@ class StageWorker:
         self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
         self._server: threading.Thread | None = None
         self.metrics = StageMetrics(self.stage, replica)
+        self.chunks_received = 0  # calls of process since start, for routing checks
         with warnings.catch_warnings():  # Ray 2.60 reads its own deprecated actor_id inside this property
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -120,22 +121,37 @@ class StageWorker:
             "pid": os.getpid(),
         }
 
-    async def process(self, request, upstream: StageOutput | None = None, history: StageOutput | None = None):
+    async def process(
+        self,
+        request,
+        upstream: StageOutput | None = None,
+        history: StageOutput | None = None,
+        voice: VoicePrompt | None = None,
+    ):
         """One chunk: ``upstream`` is the previous stage's output (all stages but semantic);
-        ``history`` an earlier chunk's output of this stage to continue from (chained voices)."""
+        ``history`` an earlier chunk's output of this stage to continue from (chained voices);
+        ``voice`` the chunk's voice prompt, shipped once to the object store and resolved here
+        from its ref rather than pickled into every request. A history overrides both voices."""
         if history is not None:
             request = request.model_copy(update={"voice": self._voice_from(history)})
+        elif voice is not None:
+            request = request.model_copy(update={"voice": voice})
         loop = asyncio.get_running_loop()
         pending = _Pending(request, upstream, loop.create_future(), loop)
         if self._server is None:
             self._server = threading.Thread(target=self._serve, name=f"{self.stage}-server", daemon=True)
             self._server.start()
         self.metrics.chunk_received()
+        self.chunks_received += 1
         self._queue.put(pending)
         return await pending.future
 
     def stats(self, since: float = 0.0) -> list[BatchRecord]:
         return [span for span in list(self._spans) if span.ended > since]
+
+    def received(self) -> int:
+        """How many chunks this replica was handed since it started (how the work was spread)."""
+        return self.chunks_received
 
     # -- the serving thread -------------------------------------------------
 
