@@ -36,6 +36,7 @@ from pipeline.progress import JobSummary, Progress
 from workers.records import AudioOutput, VoicePrompt
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.seeds import chunk_seed, item_seed
+from pipeline.shards import Shard, select
 from pipeline.sources import Item, ItemError
 from pipeline.stop import StopRequested
 from pipeline.storage import item_key, remove_temp_files
@@ -107,10 +108,13 @@ class NarrationJob:
         force: bool = False,
         total_items: int | None = None,
         start_ray: Callable[[], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
-        input whose items are all done, failed or unreadable never starts Ray or loads a model."""
+        input whose items are all done, failed or unreadable never starts Ray or loads a model.
+        ``shard``: this driver narrates only that shard's items (:mod:`pipeline.shards`)."""
         self.config = config
+        self.shard = shard
         self.settings = load_settings_for(config.model)
         window = self.settings.semantic.max_input_semantic_length
         if config.text.max_tokens > window:
@@ -149,18 +153,20 @@ class NarrationJob:
         self.storage = open_storage(output, self.config.s3)
         if not isinstance(self.storage, LocalStore):
             self.storage.check_reachable()
-        self.lease = take_lease(self.storage, self.run_id, self.config.lease, on_lost=self._lease_lost)
+        self.lease = take_lease(self.storage, self.run_id, self.config.lease, on_lost=self._lease_lost, shard=self.shard)
         try:
             # What earlier runs finished (resume skips it): on disk, so the driver's memory
             # does not grow with the input. A job runs once; ``run`` closes it at its end.
             if isinstance(self.storage, LocalStore):
-                for path in remove_temp_files(self.storage.root):
+                for path in remove_temp_files(self.storage.root, shared=self.shard is not None):
                     log.info("removed %s, left by a run that was killed", path)
-                self.done = Manifest.index(self.storage.root)
-                self.manifest = Manifest(self.storage.root)
+                self.done = Manifest.index(self.storage.root, shard=self.shard)
+                self.manifest = Manifest(self.storage.root, run_id=self.run_id, shard=self.shard)
             else:
-                self.done = index_manifest(self.storage)
-                self.manifest = ManifestParts(self.storage, run_id=self.run_id, sole_writer=lambda: self.lease.held)
+                self.done = index_manifest(self.storage, shard=self.shard)
+                self.manifest = ManifestParts(
+                    self.storage, run_id=self.run_id, sole_writer=lambda: self.lease.held, shard=self.shard
+                )
         except BaseException:
             self.lease.release()
             raise
@@ -221,7 +227,7 @@ class NarrationJob:
         states: dict[str, _ItemState] = {}
         ready: list[tuple[_ItemState, int]] = []  # chunks whose history, if any, is submitted
         in_flight: dict[ray.ObjectRef, tuple[_ItemState, int, ChunkRefs]] = {}
-        items = iter(items)
+        items = iter(select(items, self.shard))  # other shards' items: not narrated, counted or recorded
         exhausted = finished = False
         limit = self.config.scheduler.max_chunks_in_flight
         batch = self.config.stages.semantic.batch_size
