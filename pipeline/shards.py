@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from workers.errors import UserError
 
-SHARD_SYNTAX = re.compile(r"(0|[1-9][0-9]*)/([1-9][0-9]*)")
+SHARD_SYNTAX = re.compile(r"(0|[1-9][0-9]*)/(0|[1-9][0-9]*)")
 MAX_SHARDS = 1_000_000  # far beyond any cluster; bounds the names the shards give their records
 
 _WithId = TypeVar("_WithId")
