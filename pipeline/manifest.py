@@ -204,8 +204,6 @@ def _file_entries(path: Path) -> Iterator[ManifestEntry]:
                 yield entry
 
 
-
-
 class ManifestIndex:
     """The latest entry per id of a manifest, held on disk: ``get``, ``in``, ``len``, ``entries``.
 
@@ -398,6 +396,8 @@ def _merge_parts(storage, doomed: Callable[[str], bool]) -> None:
     for key in parts:
         if doomed(key):
             storage.delete(key)
+
+
 PART_MAX_ENTRIES = 200  # an object store cannot append: a run writes its lines in part objects
 PART_MAX_AGE_S = 10.0
 
