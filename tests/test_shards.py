@@ -211,6 +211,25 @@ def test_a_shard_driver_removes_only_stale_temp_files(tiny_model_dir, tmp_path):
     assert not live.exists()
 
 
+def test_unreadable_rows_of_other_shards_are_not_failed_counted_or_recorded(tiny_model_dir, tmp_path):
+    """Rows without text are ItemErrors with ids: only the driver's own shard records them (as failed)."""
+    ids = [f"bad-{n}" for n in range(12)]
+    mine = [i for i in ids if Shard(0, 2).holds(i)]
+    assert 0 < len(mine) < len(ids)
+    source = _jsonl(tmp_path / "rows.jsonl", [{"id": i} for i in ids])
+    config = load_config(_job_config(tmp_path, tiny_model_dir))
+    out = tmp_path / "out"
+
+    def no_ray():
+        raise AssertionError("nothing needed narrating: Ray must not start")
+
+    job = NarrationJob(config, str(out), quiet=True, shard=Shard(0, 2), start_ray=no_ray)
+    summary = job.run(iter_dataset_items(source))
+    assert (summary.ok, summary.failed, summary.skipped) == (0, len(mine), 0)
+    assert sorted(Manifest.read(out)) == sorted(mine)
+    assert all(e.status == "failed" for e in Manifest.read(out).values())
+
+
 # --- real jobs -----------------------------------------------------------------------------------
 
 COUNT = 3
