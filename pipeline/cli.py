@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline import console
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.shards import Shard
 from pipeline.stop import StopRequested, StopSignals
 from workers.errors import UserError
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="also redo items an earlier run recorded as failed")
     run.add_argument(
         "--force", action="store_true", help="redo every item, even those done and unchanged since an earlier run"
+    )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="narrate only shard I of N (0 <= I < N) of the input: N drivers, one per shard, share one output",
     )
 
     commands.add_parser("voices", help="list the voice presets that ship with Suno's bark package")
@@ -148,12 +154,15 @@ def _check_dataset_columns(source: str, config: JobConfig) -> None:
 def _run(args: argparse.Namespace, stops: StopSignals) -> int:
     overrides = {k: v for k, v in (("voice", args.voice), ("seed", args.seed)) if v is not None}
     try:
+        shard = Shard.parse(args.shard) if args.shard is not None else None
         config = load_config(args.config, overrides)
         _check_output(args.output)
         _check_dataset_columns(args.input, config)
         items, total = _open_input(args.input, config)
     except UserError as exc:
         return _not_started(exc)
+    if shard is not None:
+        total = None  # how many items of the input are this shard's is only known once all are read
 
     # From here on torch and transformers load (the tokenizer, the voice checks); Ray only when needed.
     from pipeline.job import NarrationJob
@@ -175,6 +184,7 @@ def _run(args: argparse.Namespace, stops: StopSignals) -> int:
             force=args.force,
             total_items=total,
             start_ray=start_ray,
+            shard=shard,
         )
     except UserError as exc:
         return _not_started(exc)

@@ -32,6 +32,7 @@ from pipeline.object_store import LocalStore, open_storage
 from pipeline.planner import ItemPlan, ItemRejected, Planner
 from pipeline.progress import JobSummary, Progress
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
+from pipeline.shards import Shard, select
 from pipeline.sources import Item, ItemError
 from pipeline.stop import StopRequested
 from pipeline.writer import ChunkOrder, ItemOrder, ItemReceipt, PartOrder, PartReceipt
@@ -84,10 +85,13 @@ class NarrationJob:
         force: bool = False,
         total_items: int | None = None,
         start_ray: Callable[[], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
-        input whose items are all done, failed or unreadable never starts Ray or loads a model."""
+        input whose items are all done, failed or unreadable never starts Ray or loads a model.
+        ``shard``: this driver narrates only that shard's items (:mod:`pipeline.shards`)."""
         self.config = config
+        self.shard = shard
         self.settings = load_settings_for(config.model)
         tokenizer = load_tokenizer(config.model)
         self.planner = Planner(
@@ -110,7 +114,7 @@ class NarrationJob:
         # Last: it takes the output's lease, which ``run`` (or ``close``) gives back.
         self.ledger = Ledger(
             config, self.storage, self.run_id, progress=self.progress, retry_failed=retry_failed, force=force,
-            on_lost=self._lease_lost,
+            on_lost=self._lease_lost, shard=shard,
         )
         self._sending: deque[_ItemRun] = deque()  # admitted items with chunks still to send, in order
         self._in_flight: dict[ray.ObjectRef, tuple[_ItemRun, int, ChunkRefs]] = {}  # chunk receipts
@@ -147,7 +151,7 @@ class NarrationJob:
         in ``self.progress.summary`` marked ``aborted``.
         """
         started = time.perf_counter()
-        items = iter(items)
+        items = iter(select(items, self.shard))  # other shards' items: not narrated, counted or recorded
         finished = False
         try:
             self._polling = True

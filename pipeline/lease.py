@@ -21,6 +21,19 @@ job's own namespace (see :mod:`pipeline.storage`), and holds a
   longer exists, is taken over (``If-Match`` on the ETag that was judged, so
   two takers cannot both win), with a warning. A holder whose renewal finds
   the lease taken over stops (``on_lost``).
+
+**Shards** (``--shard I/N``, :mod:`pipeline.shards`): the drivers of one job
+split by input shard write disjoint items, so each holds a lease of its own,
+``.bark/lease.shard-I-of-N``, taken exactly as above: two drivers of one shard
+exclude each other, drivers of different shards run together. Two leases
+overlap when their items do: an unsharded job's (``.bark/lease``) overlaps
+every shard's, and shards of different counts overlap each other. A job takes
+its own lease first, writes its record, and then looks for a live overlapping
+lease (locally: one whose ``flock`` it cannot share, or a live record from
+another host; on S3: one not judged gone); if it finds one it gives its own
+back and stops with the same one-line refusal. Of two overlapping jobs that
+start at the same instant each finds the other, and both may stop (a rerun
+settles it), but two never run together.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import datetime
 import fcntl
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -38,11 +52,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.config import LeaseConfig
 from pipeline.object_store import LocalStore, ObjectNotFound, PreconditionFailed, S3Storage, StorageError
+from pipeline.shards import Shard
 from pipeline.storage import BOOKKEEPING_DIR
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = f"{BOOKKEEPING_DIR}/lease"
+LEASE_NAME = "lease"
+LEASE_KEY = f"{BOOKKEEPING_DIR}/{LEASE_NAME}"
+# A shard's lease, directly in .bark/: the only other names read as leases.
+SHARD_LEASE_NAME = re.compile(r"lease\.shard-(0|[1-9][0-9]*)-of-([1-9][0-9]*)")
 RENEWALS_PER_EXPIRY = 4  # a holder renews this often within one expiry period
 # Takeover races (a lease released, or taken by a third job, between our read and our write).
 ACQUIRE_ATTEMPTS = 5
@@ -63,9 +81,29 @@ class LeaseRecord(BaseModel):
     started: datetime.datetime
     renewed: datetime.datetime
     expiry_s: float
+    shard: str | None = None  # "I/N" for a driver of one shard
 
     def describe(self) -> str:
-        return f"host {self.host}, pid {self.pid}, since {_utc(self.started)}"
+        shard = f", shard {self.shard}" if self.shard else ""
+        return f"host {self.host}, pid {self.pid}{shard}, since {_utc(self.started)}"
+
+
+def lease_key(shard: Shard | None) -> str:
+    """The lease of an unsharded job, or of the driver of one shard."""
+    return LEASE_KEY if shard is None else f"{BOOKKEEPING_DIR}/lease.shard-{shard.index}-of-{shard.count}"
+
+
+def overlaps(shard: Shard | None, name: str) -> bool:
+    """Whether the lease named ``name`` (in ``.bark/``) guards items of ``shard``'s driver, other than its own.
+
+    Only the names the job makes count: ``lease`` and :data:`SHARD_LEASE_NAME`.
+    """
+    if name == LEASE_NAME:
+        return shard is not None
+    match = SHARD_LEASE_NAME.fullmatch(name)
+    if match is None:
+        return False
+    return shard is None or int(match.group(2)) != shard.count
 
 
 class LeaseHeld(StorageError):
@@ -82,13 +120,17 @@ OnLost = Callable[[str], None]
 class Lease:
     """A held lease, renewed in a daemon thread until :meth:`release`; see the module docstring."""
 
-    def __init__(self, where: str, run_id: str, config: LeaseConfig, on_lost: OnLost | None) -> None:
+    def __init__(self, where: str, run_id: str, config: LeaseConfig, on_lost: OnLost | None, shard: Shard | None) -> None:
         self.where = where
         self.config = config
+        self.shard = shard
+        self.key = lease_key(shard)
         now = _now()
         self.record = LeaseRecord(
-            host=socket.gethostname(), pid=os.getpid(), run_id=run_id, started=now, renewed=now, expiry_s=config.expiry_s
+            host=socket.gethostname(), pid=os.getpid(), run_id=run_id, started=now, renewed=now, expiry_s=config.expiry_s,
+            shard=None if shard is None else str(shard),
         )
+        self.takeover: str | None = None  # whose record was taken over, logged once the lease is ours
         self.lost: str | None = None  # why the lease is no longer ours, once it is not
         self._on_lost = on_lost
         self._stop = threading.Event()
@@ -149,6 +191,10 @@ class Lease:
     def _acquire(self) -> None:
         raise NotImplementedError
 
+    def _refuse_if_overlapped(self) -> None:
+        """LeaseHeld when a live lease of a job whose items overlap ours is there (see the module docstring)."""
+        raise NotImplementedError
+
     def _renew(self) -> None:
         raise NotImplementedError
 
@@ -159,15 +205,25 @@ class Lease:
         """Frees what the lease holds open (after a release, or when it was lost)."""
 
 
-def take_lease(storage, run_id: str, config: LeaseConfig, on_lost: OnLost | None = None) -> Lease:
-    """The output's lease for this run, renewed until released; LeaseHeld if another job has it."""
+def take_lease(
+    storage, run_id: str, config: LeaseConfig, on_lost: OnLost | None = None, shard: Shard | None = None
+) -> Lease:
+    """The output's lease for this run (or for this run's ``shard`` of the job), renewed until released;
+    LeaseHeld if another job has it, or has a lease over some of the same items."""
     if isinstance(storage, LocalStore):
-        lease: Lease = _LocalLease(storage.root, run_id, config, on_lost)
+        lease: Lease = _LocalLease(storage.root, run_id, config, on_lost, shard)
     elif isinstance(storage, S3Storage):
-        lease = _S3Lease(storage, run_id, config, on_lost)
+        lease = _S3Lease(storage, run_id, config, on_lost, shard)
     else:
         raise TypeError(f"no lease for {type(storage).__name__}")
     lease._acquire()
+    try:
+        lease._refuse_if_overlapped()
+    except BaseException:
+        lease.release()
+        raise
+    if lease.takeover is not None:
+        log.warning("taking over the lease on %s from %s", lease.where, lease.takeover)
     lease._start_renewing()
     return lease
 
@@ -175,9 +231,9 @@ def take_lease(storage, run_id: str, config: LeaseConfig, on_lost: OnLost | None
 class _LocalLease(Lease):
     """``flock`` on ``<root>/.bark/lease``; the file holds the record, emptied on release."""
 
-    def __init__(self, root: Path, run_id: str, config: LeaseConfig, on_lost: OnLost | None) -> None:
-        self.path = Path(root).joinpath(*LEASE_KEY.split("/"))
-        super().__init__(str(root), run_id, config, on_lost)
+    def __init__(self, root: Path, run_id: str, config: LeaseConfig, on_lost: OnLost | None, shard: Shard | None) -> None:
+        super().__init__(str(root), run_id, config, on_lost, shard)
+        self.path = Path(root).joinpath(*self.key.split("/"))
         self._fd: int | None = None
 
     def _acquire(self) -> None:
@@ -199,15 +255,39 @@ class _LocalLease(Lease):
                 if previous.host != self.record.host and age <= previous.expiry_s:
                     # Locks need not cross hosts on a shared file system: trust the record until it expires.
                     raise _held(self.where, previous, f"renewed {age:.0f} s ago on another host")
-                log.warning(
-                    "taking over the lease on %s from %s: that job ended without releasing it", self.where, previous.describe()
-                )
+                self.takeover = f"{previous.describe()}: that job ended without releasing it"
             self._fd = fd
             self._write()
         except BaseException:
             self._fd = None
             os.close(fd)  # drops the lock if this process took it
             raise
+
+    def _refuse_if_overlapped(self) -> None:
+        """Probes each overlapping lease file with a shared, non-blocking ``flock``: a holder's exclusive
+        lock refuses it. The probe's lock is dropped at once."""
+        folder = self.path.parent
+        for name in sorted(os.listdir(folder)):
+            if not overlaps(self.shard, name):
+                continue
+            try:
+                fd = os.open(folder / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot read the lease {folder / name}: {exc.strerror}") from exc
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise _held(self.where, _parse(_read_fd(fd)), "it is running") from None
+                holder = _parse(_read_fd(fd))
+                if holder is not None and holder.host != self.record.host:
+                    age = (_now() - holder.renewed).total_seconds()
+                    if age <= holder.expiry_s:
+                        raise _held(self.where, holder, f"renewed {age:.0f} s ago on another host")
+            finally:
+                os.close(fd)
 
     def _write(self) -> None:
         data = self.record.model_dump_json().encode("utf-8").ljust(LOCAL_RECORD_BYTES)
@@ -240,10 +320,10 @@ class _LocalLease(Lease):
 
 
 class _S3Lease(Lease):
-    """The object ``.bark/lease`` under the output prefix, written only conditionally."""
+    """The object ``.bark/lease`` (or a shard's) under the output prefix, written only conditionally."""
 
-    def __init__(self, storage: S3Storage, run_id: str, config: LeaseConfig, on_lost: OnLost | None) -> None:
-        super().__init__(f"s3://{storage.bucket}/{storage.prefix}".rstrip("/"), run_id, config, on_lost)
+    def __init__(self, storage: S3Storage, run_id: str, config: LeaseConfig, on_lost: OnLost | None, shard: Shard | None) -> None:
+        super().__init__(f"s3://{storage.bucket}/{storage.prefix}".rstrip("/"), run_id, config, on_lost, shard)
         self.storage = storage
         self._etag: str | None = None
 
@@ -253,12 +333,12 @@ class _S3Lease(Lease):
     def _acquire(self) -> None:
         for _ in range(ACQUIRE_ATTEMPTS):
             try:
-                self._etag = self.storage.create(LEASE_KEY, self._body())
+                self._etag = self.storage.create(self.key, self._body())
                 return
             except PreconditionFailed:
                 pass
             try:
-                current = self.storage.read_tagged(LEASE_KEY)
+                current = self.storage.read_tagged(self.key)
             except ObjectNotFound:
                 continue  # released between our two requests
             holder = _parse(current.data)
@@ -266,20 +346,34 @@ class _S3Lease(Lease):
             if gone is None:
                 raise _held(self.where, holder, f"renewed {current.age_s:.0f} s ago")
             try:
-                self._etag = self.storage.replace(LEASE_KEY, self._body(), current.etag)
+                self._etag = self.storage.replace(self.key, self._body(), current.etag)
             except PreconditionFailed:
                 continue  # another job took it (or it was released) first: look again
             who = holder.describe() if holder is not None else "an unreadable lease record"
-            log.warning("taking over the lease on %s from %s: %s", self.where, who, gone)
+            self.takeover = f"{who}: {gone}"
             return
         raise StorageError(f"cannot take the lease on {self.where}: it changed {ACQUIRE_ATTEMPTS} times while we tried")
 
+    def _refuse_if_overlapped(self) -> None:
+        """Reads each overlapping lease object: one whose holder is not judged gone refuses."""
+        folder = f"{BOOKKEEPING_DIR}/"
+        for key in list(self.storage.list_keys(f"{folder}{LEASE_NAME}")):
+            if not overlaps(self.shard, key[len(folder):]):
+                continue
+            try:
+                current = self.storage.read_tagged(key)
+            except ObjectNotFound:
+                continue  # released meanwhile
+            holder = _parse(current.data)
+            if _why_gone(holder, current.age_s, self.record.host, self.config.expiry_s) is None:
+                raise _held(self.where, holder, f"renewed {current.age_s:.0f} s ago")
+
     def _renew(self) -> None:
         try:
-            self._etag = self.storage.replace(LEASE_KEY, self._body(), self._etag)
+            self._etag = self.storage.replace(self.key, self._body(), self._etag)
         except PreconditionFailed:
             try:
-                holder = _parse(self.storage.read_tagged(LEASE_KEY).data)
+                holder = _parse(self.storage.read_tagged(self.key).data)
             except StorageError:
                 holder = None
             who = holder.describe() if holder is not None else "another job"
@@ -287,7 +381,7 @@ class _S3Lease(Lease):
 
     def _release(self) -> None:
         try:
-            self.storage.delete_tagged(LEASE_KEY, self._etag)
+            self.storage.delete_tagged(self.key, self._etag)
         except (PreconditionFailed, ObjectNotFound):
             pass  # not ours any more: leave it to its holder
 

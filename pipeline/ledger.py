@@ -27,6 +27,7 @@ from pipeline.manifest import Manifest, ManifestEntry, ManifestIndex, ManifestPa
 from pipeline.metrics import JobMetrics
 from pipeline.object_store import LocalStore, ObjectNotFound, S3Storage, Storage
 from pipeline.progress import Progress
+from pipeline.shards import Shard
 from pipeline.storage import remove_temp_files
 from pipeline.writer import PARTS_DIR, ChunkPart, ItemFiles, part_index, part_key, part_prefix, remove_parts
 
@@ -45,21 +46,22 @@ class Verdict:
 
 
 class _LocalBooks:
-    """A local folder: one appended ``manifest.jsonl``; temp files of killed runs are removed on open."""
+    """A local folder: an appended manifest (``manifest.jsonl``, or the shard's own part); temp files
+    of killed runs are removed on open (only stale ones where other shards' drivers may be writing)."""
 
-    def __init__(self, storage: LocalStore, run_id: str, lease: Lease) -> None:
-        for path in remove_temp_files(storage.root):
+    def __init__(self, storage: LocalStore, run_id: str, lease: Lease, shard: Shard | None) -> None:
+        for path in remove_temp_files(storage.root, shared=shard is not None):
             log.info("removed %s, left by a run that was killed", path)
-        self.index: ManifestIndex = Manifest.index(storage.root)
-        self.manifest = Manifest(storage.root)
+        self.index: ManifestIndex = Manifest.index(storage.root, shard=shard)
+        self.manifest = Manifest(storage.root, run_id=run_id, shard=shard)
 
 
 class _S3Books:
     """S3: one manifest part per run under ``.bark/``, merged into ``manifest.jsonl`` at close."""
 
-    def __init__(self, storage: S3Storage, run_id: str, lease: Lease) -> None:
-        self.index = index_manifest(storage)
-        self.manifest = ManifestParts(storage, run_id=run_id, sole_writer=lambda: lease.held)
+    def __init__(self, storage: S3Storage, run_id: str, lease: Lease, shard: Shard | None) -> None:
+        self.index = index_manifest(storage, shard=shard)
+        self.manifest = ManifestParts(storage, run_id=run_id, sole_writer=lambda: lease.held, shard=shard)
 
 
 BOOKS: dict[type, type] = {LocalStore: _LocalBooks, S3Storage: _S3Books}
@@ -76,8 +78,9 @@ class Ledger:
         retry_failed: bool = False,
         force: bool = False,
         on_lost: Callable[[str], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        """Takes the output's lease, then reads what earlier runs recorded there: that is only
+        """Takes the output's lease (of ``shard`` where the job is one), then reads what earlier runs recorded there: that is only
         final once no other job writes."""
         self.config = config
         self.storage = storage
@@ -88,9 +91,9 @@ class Ledger:
         self.seen_ids = DiskIdSet()  # the ids this run has seen (a repeated id fails): on disk, like the index
         self.partial = DiskIdSet()  # "<item key>/<digest>" of every item with parts left by an earlier run
         try:
-            self.lease = take_lease(storage, run_id, config.lease, on_lost=on_lost)
+            self.lease = take_lease(storage, run_id, config.lease, on_lost=on_lost, shard=shard)
             try:
-                books = BOOKS[type(storage)](storage, run_id, self.lease)
+                books = BOOKS[type(storage)](storage, run_id, self.lease, shard)
                 self.done, self.manifest = books.index, books.manifest
                 self._index_parts()
             except BaseException:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,10 @@ RESERVED_ROOT_NAMES = frozenset({MANIFEST_NAME})
 # The temp files of atomic writes: hidden, the final name, 32 hex digits of uuid4.
 _TEMP_SUFFIX = ".tmp"
 TEMP_FILE_PATTERN = re.compile(r"\..+\.[0-9a-f]{32}" + re.escape(_TEMP_SUFFIX))
+# Where other drivers (shards of the same job) may be writing, a temp file counts as a killed
+# run's only once untouched this long: a live write renames its temp file within seconds, and
+# a long copy touches it with every chunk it writes.
+SHARED_TEMP_STALE_S = 3600.0
 
 
 def safe_key(item_id: str) -> str:
@@ -168,17 +173,23 @@ def is_temp_file(name: str) -> bool:
     return TEMP_FILE_PATTERN.fullmatch(name) is not None
 
 
-def remove_temp_files(root: Path) -> Iterator[Path]:
+def remove_temp_files(root: Path, shared: bool = False) -> Iterator[Path]:
     """Deletes the atomic-write temp files under ``root``; yields each one removed.
 
     Only safe while no writer is at work there: the job calls it once it holds the
     output's lease, so every such file is the leftover of a run that was killed.
+    A ``shared`` output (the driver of one shard holds only its shard's lease; the
+    other shards' drivers may be writing) loses only the temp files untouched for
+    :data:`SHARED_TEMP_STALE_S`, never another live driver's.
     """
+    cutoff = time.time() - SHARED_TEMP_STALE_S
     for directory, _, names in os.walk(root):
         for name in names:
             if is_temp_file(name):
                 path = Path(directory) / name
                 try:
+                    if shared and path.stat().st_mtime > cutoff:
+                        continue
                     path.unlink()
                 except FileNotFoundError:
                     continue
