@@ -86,10 +86,14 @@ class NarrationJob:
         total_items: int | None = None,
         start_ray: Callable[[], None] | None = None,
         shard: Shard | None = None,
+        pipeline: StagePipeline | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
         input whose items are all done, failed or unreadable never starts Ray or loads a model.
-        ``shard``: this driver narrates only that shard's items (:mod:`pipeline.shards`)."""
+        ``shard``: this driver narrates only that shard's items (:mod:`pipeline.shards`).
+        ``pipeline``: stage actors already running (made for this config's stages and model), used
+        and left running, so several jobs share one set of loaded models; by default the job makes
+        its own when it needs them and ends them at its end."""
         self.config = config
         self.shard = shard
         self.settings = load_settings_for(config.model)
@@ -105,7 +109,8 @@ class NarrationJob:
         self.stop_requested = False
         self._polling = False  # the run loop is where it looks for stop_requested (see request_stop)
         self.narrating = False  # a chunk was sent: a fault from now on comes after narration began
-        self.pipeline: StagePipeline | None = None
+        self.pipeline = pipeline
+        self._owns_pipeline = pipeline is None
         self.writers: WriterPool | None = None
         self.run_id = new_run_id()
         self.storage = open_storage(output, config.s3)
@@ -260,7 +265,8 @@ class NarrationJob:
             log.info("stopping: %d chunks in flight cancelled", len(self._in_flight))
         if self.writers is not None:
             self.writers.shutdown()
-        self.pipeline.shutdown()
+        if self._owns_pipeline:
+            self.pipeline.shutdown()
 
     # ------------------------------------------------------------------ items
 

@@ -24,6 +24,7 @@ import pytest
 from pipeline.config import LeaseConfig, load_config
 from pipeline.datasets import iter_dataset_items
 from pipeline.job import NarrationJob
+from pipeline.scheduler import StagePipeline
 from pipeline.lease import LEASE_KEY, LeaseHeld, lease_key, take_lease
 from pipeline.manifest import (
     MANIFEST_NAME, PARTS_PREFIX, Manifest, ManifestEntry, ManifestParts, index_manifest, new_run_id, part_key, part_keys,
@@ -267,12 +268,17 @@ def test_three_shards_make_the_objects_of_one_job_and_a_rerun_redoes_nothing(ray
     config = load_config(_job_config(tmp_path, tiny_model_dir))
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
 
-    summary = NarrationJob(config, str(whole), quiet=True).run(iter_dataset_items(source))
-    assert (summary.ok, summary.failed) == (len(rows), 0)
-    for index in range(COUNT):  # one after another, in this process: the same seeds, the same Ray
-        shard = Shard(index, COUNT)
-        summary = NarrationJob(config, str(sharded), quiet=True, shard=shard).run(iter_dataset_items(source))
-        assert (summary.ok, summary.failed, summary.skipped) == (2, 0, 0)  # the others' items: not even counted
+    pipeline = StagePipeline(config)  # the stage actors, loaded once for the four jobs
+    try:
+        summary = NarrationJob(config, str(whole), quiet=True, pipeline=pipeline).run(iter_dataset_items(source))
+        assert (summary.ok, summary.failed) == (len(rows), 0)
+        for index in range(COUNT):  # one after another, in this process: the same seeds, the same Ray
+            shard = Shard(index, COUNT)
+            job = NarrationJob(config, str(sharded), quiet=True, shard=shard, pipeline=pipeline)
+            summary = job.run(iter_dataset_items(source))
+            assert (summary.ok, summary.failed, summary.skipped) == (2, 0, 0)  # the others' items: not even counted
+    finally:
+        pipeline.shutdown()
 
     records = [json.loads(line) for line in (sharded / MANIFEST_NAME).read_text().splitlines()]
     assert Counter(r["id"] for r in records) == Counter(ids) and all(r["status"] == "ok" for r in records)

@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.job import NarrationJob
+from pipeline.scheduler import StagePipeline
 from pipeline.sources import Item
 from pipeline.writer import PARTS_DIR
 from tests.conftest import REPO
@@ -61,7 +62,10 @@ def _wait_for(condition, timeout_s: float = 300.0) -> None:
 def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_identical(ray_session, tiny_model_dir, tmp_path):
     """Chained voices (back to the item's voice every 4 chunks, so chains run side by side): a resumed
     chunk whose predecessor an earlier run finished continues from the tokens kept in its part."""
-    config = _config(tmp_path, tiny_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32})
+    config = _config(
+        tmp_path, tiny_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32},
+        ray={"address": "local"},  # the commands start a Ray of their own, whatever else runs on this machine
+    )
     book = tmp_path / "book.txt"
     book.write_text(_sentences(N_CHUNKS))
     reference = tmp_path / "reference"
@@ -74,7 +78,8 @@ def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_ide
     kept = []  # parts on disk after each stop
     for stop, at in ((signal.SIGINT, 60), (signal.SIGKILL, 150)):
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: _parts(out) >= at)
+        _wait_for(lambda: _parts(out) >= at or process.poll() is not None)
+        assert process.poll() is None, process.communicate()
         process.send_signal(stop)
         stdout, stderr = process.communicate(timeout=120)
         assert not (out / "book.wav").exists()
@@ -104,11 +109,11 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def _run_until(config, out: Path, text: str, chunks_done: int) -> dict:
+def _run_until(config, pipeline: StagePipeline, out: Path, text: str, chunks_done: int) -> dict:
     """Runs one item until ``chunks_done`` parts are written, then stops the job. Returns the most chunks
     the driver had in flight, the most any stage replica held (queued + in its batch, as the replica
     itself recorded), and the peak memory of the driver and of every stage replica."""
-    job = NarrationJob(config, str(out), quiet=True)
+    job = NarrationJob(config, str(out), quiet=True, pipeline=pipeline)
     seen = {"in_flight": 0, "held": 0, "driver_mb": 0.0, "actor_mb": {}}
     running = threading.Event()
     running.set()
@@ -117,8 +122,8 @@ def _run_until(config, out: Path, text: str, chunks_done: int) -> dict:
         while running.is_set():
             seen["in_flight"] = max(seen["in_flight"], len(job._in_flight))
             seen["driver_mb"] = max(seen["driver_mb"], _rss_mb(os.getpid()))
-            if job.pipeline is not None and _parts(out) < chunks_done:
-                for pid in seen.setdefault("pids", _replica_pids(job)):
+            if job.writers is not None and _parts(out) < chunks_done:
+                for pid in seen.setdefault("pids", _replica_pids(pipeline)):
                     seen["actor_mb"][pid] = max(seen["actor_mb"].get(pid, 0.0), _rss_mb(pid))
                 spans = job.pipeline.stats(0.0)  # the replicas' own records of what they held
                 seen["held"] = max([seen["held"], *(span.queued + span.size for span in spans)])
@@ -135,8 +140,8 @@ def _run_until(config, out: Path, text: str, chunks_done: int) -> dict:
     return seen
 
 
-def _replica_pids(job: NarrationJob) -> list[int]:
-    placements = ray.get([a.placement.remote() for actors in job.pipeline.replicas.values() for a in actors])
+def _replica_pids(pipeline: StagePipeline) -> list[int]:
+    placements = ray.get([a.placement.remote() for actors in pipeline.replicas.values() for a in actors])
     return [p["pid"] for p in placements]
 
 
@@ -155,11 +160,15 @@ def test_the_bound_holds_inside_one_two_megabyte_item_and_memory_stays_flat(ray_
     book = " ".join(sentences)
     short = book[: 20_000].rsplit(".", 1)[0] + "."
 
-    small = _run_until(config, tmp_path / "small", short, chunks_done=24)
-    large = _run_until(config, tmp_path / "large", book, chunks_done=24)
+    pipeline = StagePipeline(config)  # one set of replicas for both items: their memory is compared in place
+    try:
+        small = _run_until(config, pipeline, tmp_path / "small", short, chunks_done=24)
+        large = _run_until(config, pipeline, tmp_path / "large", book, chunks_done=24)
+    finally:
+        pipeline.shutdown()
     for run in (small, large):
         assert 0 < run["in_flight"] <= limit
         assert 0 < run["held"] <= limit  # no replica ever held more than the bound
     assert large["driver_mb"] - small["driver_mb"] < 150, (small["driver_mb"], large["driver_mb"])
-    for pid_small, pid_large in zip(small["pids"], large["pids"]):
-        assert large["actor_mb"][pid_large] - small["actor_mb"][pid_small] < 100, (small["actor_mb"], large["actor_mb"])
+    for pid in small["pids"]:
+        assert large["actor_mb"][pid] - small["actor_mb"][pid] < 100, (small["actor_mb"], large["actor_mb"])
