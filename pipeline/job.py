@@ -296,7 +296,7 @@ class NarrationJob:
             return None
         finished = ledger.finished_chunks(item.id, spec.fingerprint, len(plan.chunks)) if len(plan.chunks) > 1 else set()
         if finished:
-            self.progress.echo(f"resumed {item.id}: {len(finished)} of {len(plan.chunks)} chunks were done by an earlier run")
+            ledger.resumed(item.id, len(finished), len(plan.chunks))
         return _ItemRun(plan, finished, changed=verdict.changed)
 
     def _send(self, run: _ItemRun, index: int) -> None:

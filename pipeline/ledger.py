@@ -231,6 +231,9 @@ class Ledger:
         self.progress.item_failed_earlier(item_id, self.done.get(item_id).error)
         self.metrics.item_done("failed")
 
+    def resumed(self, item_id: str, chunks_done: int, n_chunks: int) -> None:
+        self.progress.echo(f"resumed {item_id}: {chunks_done} of {n_chunks} chunks were done by an earlier run")
+
     def redone(self) -> None:
         self.progress.item_changed()
 
