@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import ray
@@ -84,9 +84,12 @@ class NarrationJob:
         force: bool = False,
         total_items: int | None = None,
         start_ray: Callable[[], None] | None = None,
+        worker_classes: Mapping[str, type] | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
-        input whose items are all done, failed or unreadable never starts Ray or loads a model."""
+        input whose items are all done, failed or unreadable never starts Ray or loads a model.
+        ``worker_classes`` replaces the stage actor classes (see :class:`StagePipeline`): a
+        benchmark and extension hook, None in production."""
         self.config = config
         self.settings = load_settings_for(config.model)
         tokenizer = load_tokenizer(config.model)
@@ -102,6 +105,7 @@ class NarrationJob:
         self._polling = False  # the run loop is where it looks for stop_requested (see request_stop)
         self.narrating = False  # a chunk was sent: a fault from now on comes after narration began
         self.pipeline: StagePipeline | None = None
+        self.worker_classes = worker_classes
         self.writers: WriterPool | None = None
         self.run_id = new_run_id()
         self.storage = open_storage(output, config.s3)
@@ -221,7 +225,7 @@ class NarrationJob:
         if self.pipeline is None:
             self._polling = False
             try:
-                self.pipeline = StagePipeline(self.config)
+                self.pipeline = StagePipeline(self.config, self.worker_classes)
             finally:
                 self._polling = True
         loading = self.pipeline.placement_refs()
