@@ -19,6 +19,11 @@ against one of a single chunk, the driver's RSS growth and CPU seconds for each.
     python bench/driver.py --replicas 1 --nodes 1 --items 50 --long-chunks 3 --json out.json   # smoke size
     python bench/driver.py --replicas 8 --profile           # cProfile of the driver, top functions
 
+Use ``--items`` well above the in-flight bound: with fewer, every item is sent before
+the sustained stretch begins and the figures leave the sending out. A reference run
+of Ray alone (the same five calls per chunk, no job around them) says how much of
+the driver's CPU is Ray's and how much the job's.
+
 On a machine with few cores the stand-in actors, the writers and Ray's own
 processes share the CPUs with the driver, so the wall-clock rate is a floor; the
 driver's CPU per chunk is the figure that carries to a cluster, where the driver
@@ -119,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--long-chunks", type=int, default=60, help="chunks of the long item (0: skip the audio check)")
     parser.add_argument("--long-audio-seconds", type=float, default=10.0, help="audio per chunk in the audio check")
+    parser.add_argument("--floor-chunks", type=int, default=1500, help="chunks of the Ray-alone reference run (0: skip)")
     parser.add_argument("--model", type=Path, help="the checkpoint whose tokenizer and settings the driver loads")
     parser.add_argument("--profile", action="store_true", help="cProfile the driver in the last layout; print the top")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -302,6 +308,62 @@ def run_item(args, workdir: Path, checkpoint: Path, chunks: int) -> ItemResult:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class FloorResult:
+    """Ray's own cost of a chunk: the same five calls, none of the job around them."""
+
+    chunks: int
+    chunks_per_s: float
+    cpu_ms_per_chunk: float
+
+
+def ray_floor(chunks: int, in_flight: int) -> FloorResult:
+    """Four chained stand-in calls and a fifth for the writer per chunk, ObjectRefs passed actor to
+    actor, one ``ray.wait`` per receipt, and nothing else: what any driver on Ray pays per chunk."""
+    import ray
+
+    from standins import STANDIN_CLASSES
+    from workers.config import ModelConfig, StageConfig
+    from workers.records import CodecRequest
+
+    @ray.remote(num_cpus=0)
+    class Sink:
+        """The writer's place: takes the audio, returns a receipt."""
+
+        async def write(self, audio) -> int:
+            return len(audio.audio)
+
+    model, stage = ModelConfig(source="none"), StageConfig(num_gpus=0)
+    actors = [cls.options(num_cpus=0).remote(model, stage) for cls in STANDIN_CLASSES.values()]
+    sink = Sink.remote()
+    ray.get([a.placement.remote() for a in actors])
+    from pipeline.scheduler import ChunkWork, stage_requests
+    from workers.config import SamplingSet
+
+    work = ChunkWork(key="floor", text_ids=[1, 2, 3], voice=None, seed=0, sampling=SamplingSet())
+    requests = [request for _, request in stage_requests(work)]
+    assert isinstance(requests[-1], CodecRequest)
+    pending: set = set()
+    sent = done = 0
+    started, cpu = time.perf_counter(), time.process_time()
+    while done < chunks:
+        while sent < chunks and len(pending) < in_flight:
+            ref = None
+            for actor, request in zip(actors, requests):
+                ref = actor.process.remote(request, ref, None, None)
+            pending.add(sink.write.remote(ref))
+            sent += 1
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            ray.get(ref)
+            pending.discard(ref)
+            done += 1
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    for actor in [*actors, sink]:
+        ray.kill(actor)
+    return FloorResult(chunks, round(chunks / wall, 1), round(cpu / chunks * 1e3, 3))
+
+
 def print_profile(profiler: cProfile.Profile, chunks: int) -> None:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
@@ -319,7 +381,7 @@ def machine() -> dict:
     }  # fmt: skip
 
 
-def print_table(layouts: list[LayoutResult], items: list[ItemResult], args) -> None:
+def print_table(layouts: list[LayoutResult], items: list[ItemResult], floor: FloorResult | None, args) -> None:
     print(f"\ndriver ceiling: stand-in stages, {args.nodes} node(s), {args.items} one-chunk rows per run, "
           f"{args.audio_seconds:g} s of audio per chunk; GPUs at {args.chunks_per_gpu_s:g} chunks/s each")  # fmt: skip
     header = ("replicas/stage", "actors", "in flight", "items ok", "files", "chunks/s", "driver CPU ms/chunk",
@@ -329,6 +391,9 @@ def print_table(layouts: list[LayoutResult], items: list[ItemResult], args) -> N
         row = (r.replicas, r.actors, r.in_flight, f"{r.ok}/{r.items}", r.files, r.chunks_per_s, r.cpu_ms_per_chunk,
                r.cpu_bound_chunks_per_s, r.gpus_fed, r.gpus_fed_cpu_bound, r.startup_s)  # fmt: skip
         print(" | ".join(str(v) for v in row))
+    if floor:
+        print(f"Ray alone (5 chained calls per chunk, no job): {floor.chunks_per_s} chunks/s, "
+              f"{floor.cpu_ms_per_chunk} driver CPU ms/chunk ({floor.chunks} chunks, 1 actor per stage)")  # fmt: skip
     if items:
         print("\naudio through the driver? one item each, stand-in stages, 1 replica per stage")
         print("chunks | audio s | ok | driver CPU s | driver CPU ms/chunk | driver RSS growth MB")
@@ -346,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="bark-driver-") as tmp:
             workdir = Path(tmp)
+            floor = ray_floor(args.floor_chunks, 64) if args.floor_chunks > 0 else None
             layouts = []
             for n, replicas in enumerate(args.replicas):
                 layouts.append(run_layout(args, workdir, checkpoint, replicas, args.profile and n == len(args.replicas) - 1))
@@ -356,12 +422,13 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print_table(layouts, items, args)
+    print_table(layouts, items, floor, args)
     results = {
         "machine": machine(),
         "command": "python bench/driver.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "chunks_per_gpu_s": args.chunks_per_gpu_s,
         "layouts": [asdict(r) for r in layouts],
+        "ray_floor": asdict(floor) if floor else None,
         "items": [asdict(i) for i in items],
     }
     if args.json:
