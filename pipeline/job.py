@@ -164,11 +164,7 @@ class NarrationJob:
                         finished = True
                         break
                     continue
-                # Every receipt already back in one call, else block for the next: one ray.wait over
-                # the whole in-flight list per receipt would cost the driver O(in flight) per chunk.
-                done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
-                if not done:
-                    done, _ = ray.wait(waiting, num_returns=1, timeout=STOP_POLL_S)
+                done, _ = ray.wait(waiting, num_returns=1, timeout=STOP_POLL_S)
                 for ref in done:
                     self._receive(ref)
             self.ledger.chunks_in_flight(len(self._in_flight))
