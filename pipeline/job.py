@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import ray
@@ -87,13 +87,16 @@ class NarrationJob:
         start_ray: Callable[[], None] | None = None,
         shard: Shard | None = None,
         pipeline: StagePipeline | None = None,
+        worker_classes: Mapping[str, type] | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
         input whose items are all done, failed or unreadable never starts Ray or loads a model.
         ``shard``: this driver narrates only that shard's items (:mod:`pipeline.shards`).
         ``pipeline``: stage actors already running (made for this config's stages and model), used
         and left running, so several jobs share one set of loaded models; by default the job makes
-        its own when it needs them and ends them at its end."""
+        its own when it needs them and ends them at its end.
+        ``worker_classes`` replaces the stage actor classes (see :class:`StagePipeline`): a
+        benchmark and extension hook, None in production."""
         self.config = config
         self.shard = shard
         self.settings = load_settings_for(config.model)
@@ -111,6 +114,7 @@ class NarrationJob:
         self.narrating = False  # a chunk was sent: a fault from now on comes after narration began
         self.pipeline = pipeline
         self._owns_pipeline = pipeline is None
+        self.worker_classes = worker_classes
         self.writers: WriterPool | None = None
         self.run_id = new_run_id()
         self.storage = open_storage(output, config.s3)
@@ -230,7 +234,7 @@ class NarrationJob:
         if self.pipeline is None:
             self._polling = False
             try:
-                self.pipeline = StagePipeline(self.config)
+                self.pipeline = StagePipeline(self.config, self.worker_classes)
             finally:
                 self._polling = True
         loading = self.pipeline.placement_refs()

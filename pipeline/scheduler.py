@@ -18,7 +18,7 @@ pickled into every stage request of every chunk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import ray
@@ -117,12 +117,17 @@ class VoiceShelf:
 class StagePipeline:
     """The replicas of every stage, and the way chunks are fed through them."""
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(self, config: JobConfig, worker_classes: Mapping[str, type] | None = None) -> None:
+        """``worker_classes``: the Ray actor class of each stage, ``workers.actors.WORKER_CLASSES``
+        unless given. A benchmark and extension hook (``bench/driver.py`` swaps in instant
+        stand-ins); a replacement takes ``(model, stage_config, replica)`` and serves
+        ``process``, ``placement``, ``stats`` and ``received`` as the real actors do."""
         self.config = config
         self.placement = StagePlacement(config, ray.cluster_resources().get("GPU", 0))
         self.replicas: dict[str, list] = {}
+        classes = WORKER_CLASSES if worker_classes is None else worker_classes
         for stage in STAGE_NAMES:
-            worker = WORKER_CLASSES[stage]
+            worker = classes[stage]
             self.replicas[stage] = [
                 worker.options(**self.placement.options(stage, index)).remote(config.model, config.stages.of(stage), index)
                 for index in range(config.stages.of(stage).replicas)

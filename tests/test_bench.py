@@ -99,3 +99,28 @@ def test_engine_benchmark_reports_every_stage_against_transformers(tiny_model_di
         ratio = estimate["rtf_per_device"] / results["transformers"]["one_at_a_time"]["audio_s_per_wall_s"]
         assert estimate["ratio_to_one_at_a_time"] == pytest.approx(ratio, rel=0.02)
     assert "whole pipeline, real time factor per device" in done.stdout
+
+
+def test_driver_ceiling_counts_every_item_once(tmp_path):
+    """bench/driver.py at its smallest: one replica per stage, one node, 40 rows, no long item
+    (each job costs a start-up). Counted things only: every row written and recorded once."""
+    out = tmp_path / "driver.json"
+    command = [
+        sys.executable, str(REPO / "bench" / "driver.py"),
+        "--replicas", "1", "--nodes", "1", "--items", "40", "--long-chunks", "0", "--floor-chunks", "20",
+        "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    (layout,) = results["layouts"]
+    assert (layout["replicas"], layout["actors"], layout["items"]) == (1, 5, 40)
+    assert layout["ok"] == layout["files"] == layout["manifest_ok"] == layout["chunks"] == 40 and layout["failed"] == 0
+    assert layout["chunks_per_s"] > 0 and layout["cpu_ms_per_chunk"] > 0 and layout["gpus_fed"] >= 0
+    assert results["items"] == []
+    assert results["ray_floor"]["chunks"] == 20 and results["ray_floor"]["cpu_ms_per_chunk"] > 0
+    assert results["machine"]["nproc"] >= 1 and results["machine"]["cpu_model"]
+    for text in ("driver ceiling", "replicas/stage", "driver CPU ms/chunk", "GPUs fed", "Ray alone"):
+        assert text in done.stdout
