@@ -208,6 +208,12 @@ class WriterConfig(Strict):
     """The item writers (see pipeline.writer): one Ray actor per codec replica, placed on its node when it can be."""
 
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per writer (trimming, encoding, uploads)")
+    max_concurrency: int = Field(
+        default=4,
+        ge=2,
+        description="writes one writer runs at once (threads); above 1 also lets a write whose chunk is ready "
+        "run before an earlier one still waiting for its chunk (a single-threaded actor runs calls in order)",
+    )
     max_restarts: int = Field(default=3, ge=-1)
     max_task_retries: int = Field(default=-1, ge=-1, description="a part or item write is idempotent: retried until the writer is back")
 

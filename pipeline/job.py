@@ -176,6 +176,8 @@ class NarrationJob:
                 done, _ = ray.wait(waiting, num_returns=1, timeout=STOP_POLL_S)
                 for ref in done:
                     self._receive(ref)
+            if not finished:
+                self._receive_what_is_back()
             self.ledger.chunks_in_flight(len(self._in_flight))
         except StopRequested:
             self.stop_requested = True
@@ -217,6 +219,16 @@ class NarrationJob:
             self._send(run, index)
         return False
 
+    def _receive_what_is_back(self) -> None:
+        """After a stop: records the receipts already back (items a writer has written), without waiting
+        for the rest. A writer that finishes an item after this leaves it for the rerun, which finds it
+        done by its metadata object."""
+        waiting = [*self._in_flight, *self._finishing]
+        if waiting:
+            done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            for ref in done:
+                self._receive(ref)
+
     def _start_pipeline(self) -> bool:
         """Starts Ray if needed, the stage actors and the writers, and waits until every model is loaded.
 
@@ -238,16 +250,26 @@ class NarrationJob:
             finally:
                 self._polling = True
         loading = self.pipeline.placement_refs()
-        waiting = list(loading)
-        while waiting:
-            if self.stop_requested:
-                return False
-            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=STOP_POLL_S)
+        if not self._wait_for(loading):
+            return False
         placements = ray.get(loading)
         for placement in placements:
             log.info("stage %(stage)s on node %(node_id)s, GPUs %(gpu_ids)s, %(device)s %(dtype)s", placement)
         codec_nodes = [p["node_id"] for p in sorted(placements, key=lambda p: p["replica"]) if p["stage"] == "codec"]
-        self.writers = WriterPool(self.config, self.storage, self.settings, codec_nodes)
+        self.writers = WriterPool(self.config, self.storage, self.settings, codec_nodes)  # ended by _shutdown
+        ready = self.writers.ready_refs()
+        if not self._wait_for(ready):
+            return False
+        ray.get(ready)  # a writer that could not start fails here, before any work
+        return True
+
+    def _wait_for(self, refs: list[ray.ObjectRef]) -> bool:
+        """Waits until every ref is ready, polling for a stop request (False: stopped first)."""
+        waiting = list(refs)
+        while waiting:
+            if self.stop_requested:
+                return False
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=STOP_POLL_S)
         return True
 
     def _shutdown(self) -> None:

@@ -210,6 +210,10 @@ class ItemWriter:
     def files(self, item_id: str) -> ItemFiles:
         return ItemFiles.of(item_id, self.output.format)
 
+    def ready(self) -> bool:
+        """Answers once the writer is up: the job sends no chunk before its writers can take them."""
+        return True
+
     def write_part(self, order: PartOrder, audio: AudioOutput, fine: StageOutput | None = None) -> PartReceipt:
         """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them)."""
         part = ChunkPart.made(audio, fine if order.keep_tokens else None)

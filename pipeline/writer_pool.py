@@ -25,6 +25,7 @@ class WriterPool:
         self.writers = [
             actor.options(
                 num_cpus=options.num_cpus,
+                max_concurrency=options.max_concurrency,
                 max_restarts=options.max_restarts,
                 max_task_retries=options.max_task_retries,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
@@ -32,6 +33,10 @@ class WriterPool:
             for node in codec_nodes
         ]
         self._any = itertools.cycle(self.writers)
+
+    def ready_refs(self) -> list[ray.ObjectRef]:
+        """One ref per writer, ready once that writer has started."""
+        return [writer.ready.remote() for writer in self.writers]
 
     def beside(self, codec_replica: int):
         """The writer made for that codec replica, on its node where it fit."""

@@ -23,5 +23,11 @@ def start_test_ray(worker_env: dict[str, str] | None = None) -> None:
         _worker_env.update(worker_env)
     ray.init(
         address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": dict(_worker_env)} if _worker_env else None,
+        runtime_env=worker_runtime_env(),
     )
+
+
+def worker_runtime_env() -> dict | None:
+    """The session's worker variables as a ``runtime_env``, for a test that starts a Ray of its own
+    and leaves it to the tests after it."""
+    return {"env_vars": dict(_worker_env)} if _worker_env else None

@@ -113,7 +113,8 @@ def _wait_for(condition, timeout_s=120):
 
 def test_stopped_job_is_resumed_and_every_item_is_done_exactly_once(ray_session, tiny_model_dir, tmp_path):
     source = _jsonl(tmp_path / "rows.jsonl", GOOD)
-    config = load_config(_job_config(tmp_path, tiny_model_dir))
+    # Two chunks in flight: the stop comes with items still to send, however fast the writers are.
+    config = load_config(_job_config(tmp_path, tiny_model_dir, scheduler={"max_chunks_in_flight": 2}))
     out = tmp_path / "out"
     first = NarrationJob(config, str(out), quiet=True)
     thread, result = _run_in_thread(first, iter_dataset_items(source))
@@ -126,7 +127,9 @@ def test_stopped_job_is_resumed_and_every_item_is_done_exactly_once(ray_session,
     assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing partial under a final name
 
     second = NarrationJob(config, str(out), quiet=True).run(iter_dataset_items(source))
-    assert (second.ok, second.skipped, second.failed) == (len(GOOD) - done_first, done_first, 0)
+    # Skipped: the items the first run recorded, and any a writer finished as the stop came (found
+    # done by their metadata objects and recorded now); each item is narrated by one run only.
+    assert second.failed == 0 and second.ok + second.skipped == len(GOOD) and second.skipped >= done_first
     ok_lines = Counter(e["id"] for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines()) if e["status"] == "ok")
     assert ok_lines == Counter({r["id"]: 1 for r in GOOD})
     assert all((out / f"{item_key(r['id'])}.wav").is_file() for r in GOOD)

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 import ray
 import yaml
+from session_ray import worker_runtime_env
 
 from pipeline.config import load_config
 from pipeline.job import NarrationJob
@@ -59,6 +60,7 @@ def metrics_port():
         include_dashboard=False,  # the metrics agent runs without the dashboard's web UI
         log_to_driver=False,
         _metrics_export_port=port,
+        runtime_env=worker_runtime_env(),  # the session's S3 identity for the writers of later tests
         _system_config={"metrics_report_interval_ms": 1000},  # workers report every second, not every 10 s
     )
     yield port

@@ -125,8 +125,10 @@ def test_chunks_read_their_voice_from_one_shared_ref_with_unchanged_tokens(ray_s
 
 
 N_ITEMS = 24
-LOAD_CHUNKS = 16  # long coarse chunks queued on the slowed replica ahead of the job: ~25 s of its work here
-LOAD_SEMANTIC_TOKENS = 300
+# Long coarse chunks queued on the slowed replica ahead of the job: ~15 s of its work here, longer
+# than the job takes to start its writers and bring its first chunks through the semantic stage.
+LOAD_CHUNKS = 16
+LOAD_SEMANTIC_TOKENS = 600
 
 
 def _items() -> list[Item]:
