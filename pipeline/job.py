@@ -396,12 +396,12 @@ class NarrationJob:
         """A chunk's receipt (its part written, or its one-chunk item) or an item's, from a writer."""
         if ref in self._finishing:
             run = self._finishing.pop(ref)
-            self._record(run, self._get_receipt(ref, "item"))
+            self._record(run, self._get_receipt(ref, run, "item"))
             return
         run, index, refs = self._in_flight.pop(ref)
         run.outstanding -= 1
         self.pipeline.finished(refs)
-        receipt = self._get_receipt(ref, f"chunk {index}")
+        receipt = self._get_receipt(ref, run, f"chunk {index}")
         if run.n_chunks == 1:
             self._record(run, receipt)
         elif receipt.error is not None:
@@ -414,13 +414,13 @@ class NarrationJob:
                 self._settle(run)
 
     @staticmethod
-    def _get_receipt(ref: ray.ObjectRef, what: str) -> ItemReceipt | PartReceipt:
+    def _get_receipt(ref: ray.ObjectRef, run: _ItemRun, what: str) -> ItemReceipt | PartReceipt:
         """The writer's receipt; a chunk that failed in a stage (or a writer that could not run)
         comes back as a receipt with the innermost error, on one line."""
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
-            return ItemReceipt(item_id="", error=f"{what}: {_one_line(exc)}")
+            return ItemReceipt(item_id=run.plan.item.id, error=f"{what}: {_one_line(exc)}")
 
     def _settle(self, run: _ItemRun) -> None:
         """Every chunk of a multi-chunk item is sent: once all are back as parts, the item is assembled."""
