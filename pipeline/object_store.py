@@ -23,6 +23,7 @@ import errno
 import io
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -282,7 +283,8 @@ class S3Storage:
         self.config = config or S3Config()
         try:
             session = boto3.session.Session(profile_name=self.config.profile, region_name=self.config.region)
-            self._client, self._probe_client = _make_clients(session, self.config)
+            self._clients = _ClientPerThread(session, self.config)
+            self._probe_client = self._clients.build(min(PROBE_ATTEMPTS, self.config.max_attempts))
             # Resolved once by the client already (and refreshed in place): only used to redact.
             self._credentials = session.get_credentials()
         except botocore.exceptions.BotoCoreError as exc:
@@ -299,6 +301,10 @@ class S3Storage:
     def __reduce__(self):
         """Rebuilt from its settings when sent to another process (boto3 clients do not pickle)."""
         return (S3Storage, (self.bucket, self.prefix, self.config))
+
+    @property
+    def _client(self):
+        return self._clients.get()
 
     def object_key(self, key: str) -> str:
         """The bucket key of ``key``: the prefix, then ``key``."""
@@ -569,27 +575,45 @@ def open_storage(output: str, s3: S3Config | None = None) -> Storage:
     return LocalStore(output)
 
 
-def _make_clients(session: boto3.session.Session, config: S3Config):
-    """The client for data, and one with few attempts for :meth:`S3Storage.check_reachable`."""
+class _ClientPerThread:
+    """The data client of one storage, one per thread.
 
-    def build(addressing_style: str, max_attempts: int):
+    botocore's standard retry mode keeps a retry quota per client (500 units, 14 per
+    retried error): threads sharing a client spend it within a second of an outage,
+    and every request after that fails at its first error. With a client per thread,
+    each request gets the ``max_attempts`` the config promises.
+    """
+
+    def __init__(self, session: boto3.session.Session, config: S3Config) -> None:
+        self._session = session
+        self._config = config
+        self._creating = threading.Lock()  # a boto3 session is not thread-safe
+        self._local = threading.local()
+        self._style = config.addressing_style
+        first = self.build(config.max_attempts)
+        if self._style == "auto" and not _is_aws(first.meta.endpoint_url):
+            # Off AWS, bucket.host names rarely resolve: MinIO, SeaweedFS, Ceph behind one host name.
+            self._style = "path"
+            first = self.build(config.max_attempts)
+        self._local.client = first
+
+    def get(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.build(self._config.max_attempts)
+        return client
+
+    def build(self, max_attempts: int):
         settings = botocore.config.Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            connect_timeout=config.connect_timeout_s,
-            read_timeout=config.read_timeout_s,
-            s3={"addressing_style": addressing_style},
+            connect_timeout=self._config.connect_timeout_s,
+            read_timeout=self._config.read_timeout_s,
+            s3={"addressing_style": self._style},
         )
-        return session.client("s3", endpoint_url=config.endpoint_url, config=settings)
-
-    style = config.addressing_style
-    client = build(style, config.max_attempts)
-    if style == "auto" and not _is_aws(client.meta.endpoint_url):
-        # Off AWS, bucket.host names rarely resolve: MinIO, SeaweedFS, Ceph behind one host name.
-        style = "path"
-        client = build(style, config.max_attempts)
-    return client, build(style, min(PROBE_ATTEMPTS, config.max_attempts))
+        with self._creating:
+            return self._session.client("s3", endpoint_url=self._config.endpoint_url, config=settings)
 
 
 def _is_aws(url: str) -> bool:

@@ -22,6 +22,10 @@ class WriterPool:
         """``codec_nodes``: the node id of each codec replica, in replica order (None: anywhere)."""
         actor = ray.remote(ItemWriter)
         options = config.writer
+        # Held here for the job's life: Ray reruns a writer's constructor when it restarts on another
+        # node, and creation arguments it stored in the object store are gone by then unless the
+        # driver still holds them ("deleted by the reference counting protocol").
+        self._arguments = [ray.put(storage), ray.put(config.output), ray.put(settings)]
         self.writers = [
             actor.options(
                 num_cpus=options.num_cpus,
@@ -29,7 +33,7 @@ class WriterPool:
                 max_restarts=options.max_restarts,
                 max_task_retries=options.max_task_retries,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
-            ).remote(storage, config.output, settings)
+            ).remote(*self._arguments)
             for node in codec_nodes
         ]
         self._any = itertools.cycle(self.writers)

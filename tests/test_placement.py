@@ -239,7 +239,10 @@ ITEMS = [
 ]
 
 
-def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tiny_model_dir, tmp_path, monkeypatch):
+# coarse: a middle stage, whose lost outputs later chunks read as their history; codec: the last
+# stage and the item writer placed beside it, restarted on another node with its arguments.
+@pytest.mark.parametrize("doomed_stage", ["coarse", "codec"])
+def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tiny_model_dir, tmp_path, monkeypatch, doomed_stage):
     # Calls in flight on a node that crashed fail fast until Ray has noticed the death
     # (about 15 s), and each failure spends one of the call's retries: a few retries
     # run out long before the actor is restarted elsewhere. The default
@@ -273,10 +276,10 @@ def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tin
     while job.progress.summary.ok < 1:
         assert thread.is_alive() and time.monotonic() < deadline, "the job did not get going"
         time.sleep(0.05)
-    coarse_node = ray.get(job.pipeline.replicas["coarse"][0].placement.remote())["node_id"]
-    assert coarse_node in sim.worker_ids()
+    doomed_node = ray.get(job.pipeline.replicas[doomed_stage][0].placement.remote())["node_id"]
+    assert doomed_node in sim.worker_ids()
     done_before = job.progress.summary.ok
-    doomed = sim.node(coarse_node)
+    doomed = sim.node(doomed_node)
     sim.cluster.remove_node(doomed, allow_graceful=False)  # a crash, not a drain
     removed_at = time.monotonic()
     try:
@@ -288,8 +291,8 @@ def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tin
 
     assert done_before < len(ITEMS), "the job was over before the node died: nothing was tested"
     summary = result["summary"]
-    assert (summary.ok, summary.failed) == (len(ITEMS), 0)
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert (summary.ok, summary.failed) == (len(ITEMS), 0), [e["error"] for e in lines if e["error"]]
     assert Counter(e["id"] for e in lines) == Counter(item.id for item in ITEMS)
     assert all(e["status"] == "ok" and e["error"] is None for e in lines)
     assert sorted(p.name for p in out.glob("*.wav")) == sorted(f"{item.id}.wav" for item in ITEMS)
@@ -298,7 +301,7 @@ def test_removing_the_node_of_a_stage_mid_job_loses_and_repeats_nothing(sim, tin
         meta = json.loads((out / f"{item.id}.json").read_text())
         assert rate == meta["sample_rate"] and len(audio) / rate == pytest.approx(meta["duration_s"], abs=1e-6)
         assert [c["voice"] for c in meta["chunks"]] == ["v2/en_speaker_6", "chunk 0", "chunk 1"]
-    # Ray moved the dead node's bundle and restarted the coarse actor in it, on a live node.
-    moved = next(p for p in final if p["stage"] == "coarse")
-    assert moved["node_id"] != coarse_node and moved["node_id"] in sim.alive_ids()
+    # Ray moved the dead node's bundle and restarted the stage's actor in it, on a live node.
+    moved = next(p for p in final if p["stage"] == doomed_stage)
+    assert moved["node_id"] != doomed_node and moved["node_id"] in sim.alive_ids()
     assert len(moved["gpu_ids"]) == 1
