@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,8 +22,20 @@ from workers.settings import BarkSettings
 TOKEN_DTYPE = np.int64
 
 
+class Codebooks(NamedTuple):
+    """The checkpoint's codebook counts: all that a voice's shape check needs, small enough
+    to travel inline where the whole :class:`BarkSettings` would not."""
+
+    n_coarse_codebooks: int
+    n_fine_codebooks: int
+
+    @classmethod
+    def of(cls, settings: BarkSettings) -> Codebooks:
+        return cls(settings.n_coarse_codebooks, settings.n_fine_codebooks)
+
+
 def voice_from_tokens(
-    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings = BarkSettings()
+    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings | Codebooks = BarkSettings()
 ) -> VoicePrompt:
     """A voice prompt from one chunk's tokens, for use in memory; shapes (the checkpoint's
     codebook counts) are checked here."""
@@ -43,7 +56,7 @@ def save_voice_npz(
 
 
 def voice_npz_bytes(
-    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings = BarkSettings()
+    name: str, semantic: np.ndarray, coarse: np.ndarray, fine: np.ndarray, settings: BarkSettings | Codebooks = BarkSettings()
 ) -> bytes:
     """The bytes of a voice-preset ``.npz`` (plain int64 arrays, nothing pickled)."""
     voice = voice_from_tokens(name, semantic, coarse, fine, settings)

@@ -36,9 +36,8 @@ from pipeline.manifest import ManifestEntry
 from pipeline.object_store import Storage, StorageError
 from pipeline.storage import BOOKKEEPING_DIR, item_key
 from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
-from pipeline.tokens import voice_npz_bytes
+from pipeline.tokens import Codebooks, voice_npz_bytes
 from workers.records import AudioOutput, StageOutput, VoicePrompt
-from workers.settings import BarkSettings
 
 PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<fingerprint digest>/<chunk index>.npz
 PART_INDEX_DIGITS = 6
@@ -202,10 +201,10 @@ class ChunkPart:
 class ItemWriter:
     """Writes parts and items to one output. One per codec replica; stateless between calls."""
 
-    def __init__(self, storage: Storage, output: OutputConfig, settings: BarkSettings) -> None:
+    def __init__(self, storage: Storage, output: OutputConfig, codebooks: Codebooks) -> None:
         self.storage = storage
         self.output = output
-        self.settings = settings
+        self.codebooks = codebooks
 
     def files(self, item_id: str) -> ItemFiles:
         return ItemFiles.of(item_id, self.output.format)
@@ -291,7 +290,7 @@ class ItemWriter:
                 if part.tokens is None or part.tokens["fine"].shape[-1] == 0:
                     continue  # a chunk that ended at once has no tokens to reuse as a voice
                 name = written[f"tokens_{index}"] = files.tokens(index)
-                objects[name] = voice_npz_bytes(name, *(part.tokens[s] for s in TOKEN_STAGES), self.settings)
+                objects[name] = voice_npz_bytes(name, *(part.tokens[s] for s in TOKEN_STAGES), self.codebooks)
         written["metadata"] = files.metadata
         duration = len(audio) / rate
         metadata = ItemMetadata(

@@ -13,6 +13,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import JobConfig
 from pipeline.object_store import Storage
+from pipeline.tokens import Codebooks
 from pipeline.writer import ItemWriter
 from workers.settings import BarkSettings
 
@@ -22,10 +23,10 @@ class WriterPool:
         """``codec_nodes``: the node id of each codec replica, in replica order (None: anywhere)."""
         actor = ray.remote(ItemWriter)
         options = config.writer
-        # Held here for the job's life: Ray reruns a writer's constructor when it restarts on another
-        # node, and creation arguments it stored in the object store are gone by then unless the
-        # driver still holds them ("deleted by the reference counting protocol").
-        self._arguments = [ray.put(storage), ray.put(config.output), ray.put(settings)]
+        # Small arguments, each under Ray's inline limit (max_direct_call_object_size): Ray keeps an
+        # actor's inlined constructor arguments for its restarts, but not ones it moved to the object
+        # store (ray-project/ray#53727), so a writer restarted on another node would fail to start.
+        arguments = (storage, config.output, Codebooks.of(settings))
         self.writers = [
             actor.options(
                 num_cpus=options.num_cpus,
@@ -33,7 +34,7 @@ class WriterPool:
                 max_restarts=options.max_restarts,
                 max_task_retries=options.max_task_retries,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
-            ).remote(*self._arguments)
+            ).remote(*arguments)
             for node in codec_nodes
         ]
         self._any = itertools.cycle(self.writers)

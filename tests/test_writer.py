@@ -12,6 +12,7 @@ import soundfile as sf
 from pipeline.config import OutputConfig
 from pipeline.object_store import LocalStore
 from pipeline.storage import BOOKKEEPING_DIR
+from pipeline.tokens import Codebooks
 from pipeline.writer import (
     PARTS_DIR,
     ChunkOrder,
@@ -60,7 +61,7 @@ def _order(item_id: str, n: int) -> ItemOrder:
 
 def test_parts_are_kept_then_assembled_into_the_item_and_removed(tmp_path):
     store = LocalStore(tmp_path)
-    writer = ItemWriter(store, OutputConfig(save_tokens=True), BarkSettings())
+    writer = ItemWriter(store, OutputConfig(save_tokens=True), Codebooks.of(BarkSettings()))
     for index in (2, 0, 1):  # parts land in any order
         receipt = writer.write_part(PartOrder(item_id="book/1", fingerprint=FINGERPRINT, index=index, keep_tokens=True), _audio(index), _fine(index))
         assert receipt.error is None
@@ -101,7 +102,7 @@ def test_a_part_round_trips_exactly_and_never_unpickles():
 
 def test_an_item_whose_part_is_missing_fails_alone_and_keeps_its_parts(tmp_path):
     store = LocalStore(tmp_path)
-    writer = ItemWriter(store, OutputConfig(), BarkSettings())
+    writer = ItemWriter(store, OutputConfig(), Codebooks.of(BarkSettings()))
     writer.write_part(PartOrder(item_id="a", fingerprint=FINGERPRINT, index=0, keep_tokens=False), _audio(0))
     receipt = writer.finish(_order("a", 2))
     assert receipt.entry is None and receipt.error.startswith("storage: ") and "\n" not in receipt.error
@@ -111,6 +112,6 @@ def test_an_item_whose_part_is_missing_fails_alone_and_keeps_its_parts(tmp_path)
 
 def test_an_item_of_one_chunk_is_written_without_parts(tmp_path):
     store = LocalStore(tmp_path)
-    receipt = ItemWriter(store, OutputConfig(format="flac"), BarkSettings()).write_item(_order("solo", 1), _audio(0))
+    receipt = ItemWriter(store, OutputConfig(format="flac"), Codebooks.of(BarkSettings())).write_item(_order("solo", 1), _audio(0))
     assert receipt.error is None and receipt.entry.uri.endswith("solo.flac")
     assert sorted(store.list_keys("")) == ["solo.flac", "solo.json", "solo.srt", "solo.vtt"]
