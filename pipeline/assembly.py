@@ -1,4 +1,4 @@
-"""Assembly: one item's chunk audios trimmed, stitched in order, encoded, described.
+"""Assembly: one item's chunk audios trimmed, stitched in order, described.
 
 Upstream Bark's long-form recipe joins sentences with a short silence. Here each
 chunk first loses its long leading/trailing near-silence (Bark pads and trails
@@ -10,23 +10,18 @@ and voice), which is what subtitles and debugging a bad chunk need.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.signal import resample_poly
 
 from pipeline.config import SilenceConfig, TrimConfig, VoiceMode
+from pipeline.loudness import LoudnessReport
 from pipeline.storage import atomic_write_bytes
-
-AudioFormat = Literal["wav", "flac"]
-_SOUNDFILE_FORMATS = {"wav": "WAV", "flac": "FLAC"}
-_SUBTYPE = "PCM_16"
 
 # What separates chunk i from chunk i + 1; the last chunk is followed by "end".
 BreakKind = Literal["sentence", "paragraph", "chapter", "end"]
@@ -175,24 +170,6 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def encode_audio(audio: np.ndarray, sample_rate: int, fmt: AudioFormat) -> bytes:
-    """16-bit WAV or FLAC bytes.
-
-    Samples are clipped to [-1, 1] first: the integer conversion would otherwise
-    wrap a loud peak around into a click.
-    """
-    if fmt not in _SOUNDFILE_FORMATS:
-        raise ValueError(f"audio format must be one of {sorted(_SOUNDFILE_FORMATS)}, got {fmt!r}")
-    samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, sample_rate, format=_SOUNDFILE_FORMATS[fmt], subtype=_SUBTYPE)
-    return buffer.getvalue()
-
-
-def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: AudioFormat) -> None:
-    atomic_write_bytes(Path(path), encode_audio(audio, sample_rate, fmt))
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -221,6 +198,7 @@ class ItemMetadata(_Strict):
     status: Literal["ok", "failed"]
     duration_s: float = Field(ge=0)
     sample_rate: int = Field(gt=0)
+    loudness: LoudnessReport | None = Field(default=None, description="what output.loudness did; null when it is off")
     voice: str | None = None
     voice_mode: VoiceMode
     language: str

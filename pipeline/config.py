@@ -13,7 +13,14 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workers.config import ModelConfig, SamplingSet, StageConfig, StageName, Strict  # the stage-facing parts
+from workers.config import (  # the stage-facing parts
+    DEFAULT_SAMPLE_RATE,
+    ModelConfig,
+    SamplingSet,
+    StageConfig,
+    StageName,
+    Strict,
+)
 from workers.errors import UserError
 
 PlacementStrategy = Literal["none", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -177,14 +184,109 @@ class TrimConfig(Strict):
     keep_s: float = Field(default=0.05, ge=0, description="silence kept at each edge of a chunk")
 
 
+AudioFormat = Literal["wav", "flac", "mp3", "opus"]
+LOSSY_FORMATS = ("mp3", "opus")
+DEFAULT_BITRATE_KBPS = {"mp3": 64, "opus": 32}  # mono speech: the usual spoken-word mp3 rate; Opus is clean at 32
+# MP3 frames have fixed bitrates, per MPEG version: MPEG-1 at 32-48 kHz, MPEG-2/2.5 below.
+MP3_MPEG1_RATES = (32_000, 44_100, 48_000)
+MP3_MPEG2_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000)
+MP3_MPEG1_BITRATES_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+MP3_MPEG2_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+OPUS_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)  # the input rates libopus takes
+OPUS_BITRATE_KBPS = (6, 256)  # libopus' range for one channel
+
+
+class LoudnessConfig(Strict):
+    """Per-item loudness normalisation (see pipeline.loudness): integrated loudness (EBU R128 /
+    ITU-R BS.1770) brought to ``target_lufs``, true peak kept at or under ``true_peak_dbtp``."""
+
+    target_lufs: float = Field(ge=-50.0, le=-5.0)
+    true_peak_dbtp: float = Field(ge=-20.0, le=0.0)
+
+    @model_validator(mode="after")
+    def _ceiling_over_target(self) -> LoudnessConfig:
+        if self.true_peak_dbtp <= self.target_lufs:
+            raise ValueError(
+                f"true_peak_dbtp ({self.true_peak_dbtp}) must be above target_lufs ({self.target_lufs}): "
+                "speech peaks well over its loudness"
+            )
+        return self
+
+
+# Named loudness settings, usable as `output.loudness: audiobook`.
+LOUDNESS_PRESETS = {
+    "audiobook": LoudnessConfig(target_lufs=-18.0, true_peak_dbtp=-3.0),  # peaks under -3 dB, as audiobook stores ask
+    "ebu_r128": LoudnessConfig(target_lufs=-23.0, true_peak_dbtp=-1.0),  # EBU R128 broadcast
+}
+
+
 class OutputConfig(Strict):
-    format: Literal["wav", "flac"] = "wav"
+    format: AudioFormat = Field(default="wav", description="wav and flac: 16-bit PCM; mp3 (CBR); opus (in Ogg, .opus)")
     sample_rate: int | None = Field(default=None, ge=8000, description="resample to this rate; null keeps Bark's 24 kHz")
+    bitrate_kbps: int | None = Field(
+        default=None,
+        gt=0,
+        description=f"mp3 and opus only; null: the format's default {DEFAULT_BITRATE_KBPS}",
+    )
+    loudness: LoudnessConfig | None = Field(
+        default=None,
+        description=f"null: audio as made; a preset ({', '.join(LOUDNESS_PRESETS)}) or {{target_lufs, true_peak_dbtp}}",
+    )
     silence: SilenceConfig = SilenceConfig()
     crossfade_s: float = Field(default=0.01, ge=0, description="fade at every chunk edge, against clicks")
     trim: TrimConfig = TrimConfig()
     subtitles: bool = True
     save_tokens: bool = Field(default=False, description="write each chunk's tokens as a voice-preset .npz")
+
+    @field_validator("loudness", mode="before")
+    @classmethod
+    def _loudness_preset(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value not in LOUDNESS_PRESETS:
+                raise ValueError(f"unknown loudness preset {value!r}; presets: {', '.join(LOUDNESS_PRESETS)}")
+            return LOUDNESS_PRESETS[value]
+        return value
+
+    @property
+    def encoded_rate(self) -> int:
+        """The rate the audio is encoded at (Bark makes 24 kHz)."""
+        return self.sample_rate or DEFAULT_SAMPLE_RATE
+
+    @property
+    def bitrate(self) -> int | None:
+        """Kilobits per second of a lossy format (configured or its default); None for wav and flac."""
+        if self.format not in LOSSY_FORMATS:
+            return None
+        return self.bitrate_kbps or DEFAULT_BITRATE_KBPS[self.format]
+
+    @model_validator(mode="after")
+    def _codec_takes_rate_and_bitrate(self) -> OutputConfig:
+        rate, kbps = self.encoded_rate, self.bitrate
+        if self.format not in LOSSY_FORMATS:
+            if self.bitrate_kbps is not None:
+                raise ValueError(
+                    f"bitrate_kbps applies to {' and '.join(LOSSY_FORMATS)} only, not {self.format} (lossless)"
+                )
+        elif self.format == "mp3":
+            if rate not in MP3_MPEG1_RATES + MP3_MPEG2_RATES:
+                rates = _listed(MP3_MPEG2_RATES + MP3_MPEG1_RATES)
+                raise ValueError(f"mp3 cannot hold {rate} Hz audio; sample_rate must be one of {rates}")
+            allowed = MP3_MPEG1_BITRATES_KBPS if rate in MP3_MPEG1_RATES else MP3_MPEG2_BITRATES_KBPS
+            if kbps not in allowed:
+                raise ValueError(f"mp3 at {rate} Hz takes bitrate_kbps {_listed(allowed)}, got {kbps}")
+        elif self.format == "opus":
+            if rate not in OPUS_RATES:
+                raise ValueError(
+                    f"opus takes {_listed(OPUS_RATES)} Hz audio, not {rate}; set sample_rate to one of them"
+                )
+            low, high = OPUS_BITRATE_KBPS
+            if not low <= kbps <= high:
+                raise ValueError(f"opus bitrate_kbps must be {low} to {high}, got {kbps}")
+        return self
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in values)
 
 
 class LeaseConfig(Strict):

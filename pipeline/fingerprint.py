@@ -123,6 +123,9 @@ class Fingerprinter:
                     "silence": output.silence.model_dump(),
                     "crossfade_s": output.crossfade_s,
                     "trim": output.trim.model_dump(),
+                    # Only when set, so the fingerprints of wav and flac items made before these settings hold.
+                    **({"bitrate_kbps": output.bitrate} if output.bitrate is not None else {}),
+                    **({"loudness": output.loudness.model_dump()} if output.loudness is not None else {}),
                 },
                 "dtype": {stage: config.stages.of(stage).dtype for stage in STAGE_NAMES},
             }

@@ -58,6 +58,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 CONTENT_TYPES = {
     ".wav": "audio/wav",
     ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".opus": "audio/ogg",  # Ogg Opus: the type RFC 7845 gives it
     ".json": "application/json",
     ".jsonl": "application/x-ndjson",
     ".srt": "application/x-subrip",

@@ -11,6 +11,8 @@ It runs beside the codec replicas (a Ray actor per replica, see
   trims, joins, resamples and encodes the audio, writes the item's audio,
   subtitles, saved tokens and metadata (metadata last: its presence marks the
   item complete), removes the parts and returns the manifest entry;
+  loudness normalisation (:mod:`pipeline.loudness`), where asked for, comes
+  after resampling and before encoding;
 - an item of one chunk skips the part and is written at once.
 
 This module is the one place that names an item's files (:class:`ItemFiles`)
@@ -29,9 +31,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
-from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, encode_audio, join_chunks, resample, trim_chunk
+from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk
 from pipeline.config import OutputConfig, VoiceMode
 from pipeline.console import redact
+from pipeline.encoding import encode_audio
+from pipeline.loudness import normalize_loudness
 from pipeline.manifest import ManifestEntry
 from pipeline.object_store import Storage, StorageError
 from pipeline.storage import BOOKKEEPING_DIR, item_key
@@ -271,9 +275,12 @@ class ItemWriter:
             audio = resample(audio, rate, output.sample_rate)
             bounds = [(round(s * output.sample_rate / rate), round(e * output.sample_rate / rate)) for s, e in bounds]
             rate = output.sample_rate
+        loudness = None
+        if output.loudness is not None:
+            audio, loudness = normalize_loudness(audio, rate, output.loudness)
         files = self.files(order.item_id)
         written = {"audio": files.audio}
-        encoded = encode_audio(audio, rate, output.format)
+        encoded = encode_audio(audio, rate, output.format, output.bitrate)
         objects = {files.audio: encoded}
         checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
         chunks = [
@@ -299,6 +306,7 @@ class ItemWriter:
             title=order.title,
             duration_s=duration,
             sample_rate=rate,
+            loudness=loudness,
             voice=order.voice,
             voice_mode=order.voice_mode,
             language=order.language,

@@ -14,14 +14,13 @@ from pipeline.assembly import (
     SILENT_CHUNK_S,
     ChunkMetadata,
     ItemMetadata,
-    encode_audio,
     join_chunks,
     resample,
     trim_chunk,
-    write_audio,
     write_json_atomic,
 )
 from pipeline.config import SilenceConfig, TrimConfig
+from pipeline.encoding import encode_audio, write_audio
 
 SR = 24_000
 NO_FADE = 0.0
@@ -200,7 +199,7 @@ def test_loud_and_broken_samples_are_clipped_not_wrapped(tmp_path):
 
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="format"):
-        encode_audio(np.zeros(4, np.float32), SR, "mp3")
+        encode_audio(np.zeros(4, np.float32), SR, "aac")
 
 
 def metadata(**changes) -> ItemMetadata:

@@ -89,7 +89,7 @@ def _lines(text: str) -> list[str]:
 def test_every_config_error_is_listed_before_torch_transformers_or_ray_is_imported(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(
-        "model: {source: x}\nstages: {coarse: {batch_sise: 4}}\noutput: {format: mp3}\nseed: -1\n"
+        "model: {source: x}\nstages: {coarse: {batch_sise: 4}}\noutput: {format: aac}\nseed: -1\n"
         f"s3: {{endpoint_url: '{SECRET_URL}'}}\n"
     )
     (tmp_path / "a.txt").write_text("Hello.")

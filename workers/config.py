@@ -17,6 +17,9 @@ StageName = Literal["semantic", "coarse", "fine", "codec"]
 DType = Literal["float32", "float16", "bfloat16"]
 AttentionImpl = Literal["eager", "sdpa"]
 DecodeCompile = Literal["off", "torch_compile", "cuda_graphs"]
+# Bark's audio rate (its EnCodec decoder), when the checkpoint says none. Kept here, not in
+# workers.settings (which imports transformers), so the job config checks codec rates without it.
+DEFAULT_SAMPLE_RATE = 24_000
 
 # A temperature is 0 (greedy) or in this range: below it, logits / T overflows
 # float32 and the probabilities become NaN; above it, sampling is uniform noise.

@@ -16,8 +16,9 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
+from workers.config import DEFAULT_SAMPLE_RATE
+
 GENERATION_CONFIG_FILE = "generation_config.json"
-DEFAULT_SAMPLE_RATE = 24_000
 DEFAULT_CODEBOOK_SIZE = 1024
 
 
