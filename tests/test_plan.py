@@ -277,3 +277,23 @@ def test_the_engine_benchmark_writes_the_record_the_plan_reads(tmp_path, tiny_mo
     (record,) = load_rates(path)  # the same shape, device, dtype and machine: replaced
     assert (record.model, record.date, record.shape.hidden_size) == ("tiny", "2026-12-02", 32)
     assert [(r.batch, r.audio_s_per_s) for r in record.stages["coarse"]] == [(1, 2.0)]
+
+
+def test_many_items_show_totals_and_the_items_with_most_chunks(tmp_path, tiny_model_dir):
+    sentence = "The ferry was late again, so they waited on the pier and watched the gulls. "
+    rows = [{"id": f"row{i:02d}", "text": sentence * (1 + i % 9)} for i in range(30)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = _config(tmp_path, tiny_model_dir)
+
+    result = _plan("--config", str(config), "--input", str(data))
+
+    assert result.returncode == 0, result.stderr
+    job = load_config(config)
+    chunks, _ = _expected(_planner(config, tiny_model_dir), iter_dataset_items(str(data), job.input.columns, limits=job.limits))
+    per_item = {row["id"]: sum(1 for c in chunks if c[0] == row["id"]) for row in rows}
+    most = sorted(per_item, key=lambda i: (-per_item[i], i))[:5]  # most first, input order among equals
+    table = result.stdout.split("items with most chunks (5 of 30):\n")[1].split("\nlongest chunk")[0].splitlines()
+    assert [line.split()[0] for line in table[1:-1]] == most
+    assert [int(line.split()[1]) for line in table[1:-1]] == [per_item[i] for i in most]
+    assert table[-1].split()[:2] == ["total", str(len(chunks))]
