@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench")
+    parser.add_argument(
+        "--rates", type=Path, default=REPO / "bench" / "rates.json",
+        help="the rates record `bark-pipeline plan` reads: this run's per-stage rates are added to it (or replace "
+        "an earlier run's for the same shape, device, dtype and machine); 'none' to leave it alone",
+    )
     args = parser.parse_args(argv)
     if args.threads is None and args.device == "cpu":
         args.threads = 1
@@ -329,7 +334,39 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.out / f"engines-{results['size']}-{args.device}.json"
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"\nresults: {path}")
+    if str(args.rates).lower() != "none":
+        _save_rates(results, checkpoint, argv, args.rates)
     return results
+
+
+def _save_rates(results: dict, checkpoint: Path, argv: list[str] | None, path: Path) -> None:
+    """Keeps each stage's rate per batch size as a record ``bark-pipeline plan`` reads (pipeline/rates.py)."""
+    from pipeline.rates import BatchRate, ModelShape, RatesRecord, save_record
+    from workers.checkpoints import model_shape
+
+    shape = model_shape(checkpoint)
+    if shape is None:
+        print(f"rates not recorded: the shape of {checkpoint} is unknown")
+        return
+    info = results["machine"]
+    record = RatesRecord(
+        model=results["size"],
+        shape=ModelShape(**shape),
+        device=info["device"],
+        device_name=info["device_name"],
+        dtype=info["dtype"],
+        date=results["date"],
+        machine=f"{platform.node()}: {info['platform']}",
+        settings={k: info[k] for k in ("torch", "transformers", "torch_threads", "attention", "decode_compile")},
+        command="python bench/engines.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        semantic_tokens=results["semantic_tokens"],
+        stages={
+            stage: [BatchRate(batch=r["batch"], audio_s_per_s=r["audio_s_per_s"]) for r in rows if "audio_s_per_s" in r]
+            for stage, rows in results["stages"].items()
+        },
+    )
+    save_record(record, path)
+    print(f"rates: {path}")
 
 
 def print_report(results: dict) -> None:

@@ -14,6 +14,9 @@ the libraries' own lines nowhere unless ``--verbose``. The arguments, the config
 (every error, one line each) and the input (it exists and yields items) are checked
 before torch, transformers or Ray is even imported, so such a mistake is reported
 at once; Ray and the stage models start only once an item needs narrating.
+
+``plan`` makes those same checks and reads and splits the input as ``run`` would (the planner on
+the checkpoint's tokenizer alone), then reports instead of narrating (:mod:`pipeline.plan`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import contextlib
 import gc
 import itertools
+import json
 import logging
 import sys
 import traceback
@@ -52,18 +56,19 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_NOT_STARTED)
 
 
+INPUT_HELP = (
+    ".txt/.md/.epub file or a folder of them; a .jsonl/.csv/.parquet dataset (local or s3://); "
+    "hf:NAME[:CONFIG][@SPLIT] or a datasets save_to_disk folder (the hf extra)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Narrate text with Bark, one Ray actor per stage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="narrate a text file or a folder of them")
     run.add_argument("--config", required=True, type=Path, help="YAML job config (see configs/)")
-    run.add_argument(
-        "--input",
-        required=True,
-        help=".txt/.md/.epub file or a folder of them; a .jsonl/.csv/.parquet dataset (local or s3://); "
-        "hf:NAME[:CONFIG][@SPLIT] or a datasets save_to_disk folder (the hf extra)",
-    )
+    run.add_argument("--input", required=True, help=INPUT_HELP)
     run.add_argument("--output", required=True, help="output directory, or s3://bucket/prefix")
     run.add_argument("--voice", help="default voice: preset name (v2/en_speaker_6) or .npz path")
     run.add_argument("--seed", type=int, help="job seed (overrides the config)")
@@ -79,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="I/N",
         help="narrate only shard I of N (0 <= I < N) of the input: N drivers, one per shard, share one output",
+    )
+
+    plan = commands.add_parser(
+        "plan",
+        help="read the input and show its chunks, the items that would fail, the audio and the time a run "
+        "would take, loading no model and starting no Ray",
+    )
+    plan.add_argument("--config", required=True, type=Path, help="YAML job config (see configs/)")
+    plan.add_argument("--input", required=True, help=INPUT_HELP)
+    plan.add_argument("--chunks", action="store_true", help="also print every chunk's text, with its item id and index")
+    plan.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
+    plan.add_argument(
+        "--device", choices=("cpu", "cuda"), help="the device of the wall-time estimate (default: from the config's num_gpus)"
     )
 
     commands.add_parser("voices", help="list the voice presets that ship with Suno's bark package")
@@ -270,6 +288,60 @@ def _report_bug(exc: BaseException) -> None:
                 f"{type(exc).__name__}: {exc}")
 
 
+# ---------------------------------------------------------------- plan
+
+
+def _plan(args: argparse.Namespace, _stops: StopSignals) -> int:
+    """The run's own checks, reading and splitting, then a report instead of narration: exit 0 when
+    every item would be narrated, 1 when some would fail (each listed with its reason), 2 as ``run``."""
+    try:
+        config = load_config(args.config)
+        _check_dataset_columns(args.input, config)
+        items, _total = _open_input(args.input, config)
+    except UserError as exc:
+        return _not_started(exc)
+
+    # From here on transformers loads (the tokenizer): never a model, never Ray.
+    from pipeline import plan_report
+    from pipeline.plan import estimate_wall, job_device, make_planner, plan_items
+    from pipeline.rates import load_rates
+
+    try:
+        planner, settings, shape = make_planner(config)
+        records = load_rates()
+    except UserError as exc:
+        return _not_started(exc)
+
+    def print_chunks(item_plan) -> None:
+        for line in plan_report.chunk_lines(item_plan):
+            print(line)
+
+    show_chunks = print_chunks if args.chunks and not args.json else None
+    try:
+        report = plan_items(items, planner, settings, keep_chunks=args.chunks and args.json, on_plan=show_chunks)
+    except UserError as exc:
+        return _not_started(exc)
+    except OSError as exc:  # the input failed as a whole part way (a vanished file, a network)
+        return _not_started(InputError(f"--input: {exc}"))
+    device = (args.device, "--device") if args.device else job_device(config, _local_gpu)
+    estimate_wall(report, config, shape, device, records)
+    if args.json:
+        print(json.dumps(plan_report.json_report(report), indent=2))
+    else:
+        if show_chunks is not None and report.chunks:
+            print()
+        for line in plan_report.text_lines(report):
+            print(line)
+    return EXIT_INCOMPLETE if report.rejected else EXIT_OK
+
+
+def _local_gpu() -> bool:
+    """Whether a local Ray would find a GPU here (torch is already loaded by the tokenizer)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # ---------------------------------------------------------------- other commands
 
 
@@ -293,7 +365,7 @@ def _voices(_args: argparse.Namespace, _stops: StopSignals) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "voices": _voices, "make-tiny-model": _make_tiny}
+COMMANDS = {"run": _run, "plan": _plan, "voices": _voices, "make-tiny-model": _make_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ WRITE_BATCH = 4096
 # SQLite's page cache per table (KiB): the memory a table may use. Beyond it, pages
 # spill to the temporary file and are read back through the operating system's cache.
 CACHE_KIB = 8192
+# What a repeated id in one input is told (the job, and the plan that predicts it).
+DUPLICATE_ID_REASON = "id: duplicate item id in the input (the first one is kept)"
 
 
 def _key(item_id: str) -> bytes:

@@ -29,7 +29,7 @@ from pipeline.fingerprint import Fingerprinter
 from pipeline.ledger import Ledger
 from pipeline.manifest import new_run_id
 from pipeline.object_store import LocalStore, open_storage
-from pipeline.planner import ItemPlan, ItemRejected, Planner
+from pipeline.planner import ItemPlan, ItemRejected, Planner, text_encoder
 from pipeline.progress import JobSummary, Progress
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
 from pipeline.shards import Shard, select
@@ -104,7 +104,7 @@ class NarrationJob:
         self.planner = Planner(
             config,
             self.settings,
-            lambda text: tokenizer.encode(text, add_special_tokens=False),
+            text_encoder(tokenizer),
             Fingerprinter(config, resolve_checkpoint_dir(config.model)),
         )
         self.start_ray = start_ray

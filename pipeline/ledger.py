@@ -21,7 +21,7 @@ from pipeline.assembly import ItemMetadata
 from pipeline.config import JobConfig
 from pipeline.console import redact
 from pipeline.fingerprint import UNKNOWN_CHANGE, ItemFingerprint, changed_parts
-from pipeline.idset import DiskIdSet
+from pipeline.idset import DUPLICATE_ID_REASON, DiskIdSet
 from pipeline.lease import Lease, take_lease
 from pipeline.manifest import Manifest, ManifestEntry, ManifestIndex, ManifestParts, index_manifest
 from pipeline.metrics import JobMetrics
@@ -123,7 +123,7 @@ class Ledger:
         the item it repeats is left as it is."""
         if self.seen_ids.add(item_id):
             return True
-        self.progress.item_failed(item_id, "id: duplicate item id in the input (the first one is kept)")
+        self.progress.item_failed(item_id, DUPLICATE_ID_REASON)
         self.metrics.item_done("failed")
         return False
 

@@ -111,6 +111,11 @@ def last_followers(sources: list[int | None]) -> dict[int, int]:
     return last
 
 
+def text_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """A text's token ids as Bark's semantic stage reads them: the tokenizer's, without special tokens."""
+    return lambda text: tokenizer.encode(text, add_special_tokens=False)
+
+
 class Planner:
     """Turns items into plans with the job's settings, tokenizer and voices."""
 

@@ -78,12 +78,14 @@ def test_engine_benchmark_reports_every_stage_against_transformers(tiny_model_di
         "--semantic-tokens", "12",
         "--baseline-chunks", "2", "--baseline-batch", "2",
         "--out", str(tmp_path),
+        "--rates", str(tmp_path / "rates.json"),  # not the repository's bench/rates.json
     ]  # fmt: skip
     code = "import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", code, *command[1:]], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = tmp_path.glob("engines-*.json")
     results = json.loads(path.read_text())
+    assert (tmp_path / "rates.json").is_file()  # the record `bark-pipeline plan` reads (tests/test_plan.py)
     for stage in STAGES:
         rows = results["stages"][stage]
         assert [r["batch"] for r in rows] == [1, 4] and all(r["audio_s_per_s"] > 0 for r in rows)

@@ -42,7 +42,7 @@ from workers.config import STAGE_NAMES, ModelConfig
 from workers.errors import UserError
 from workers.layouts import CAUSAL_MASK_SUFFIX, suno_to_hf_key
 from workers.settings import BarkSettings, load_settings
-from workers.tiny_model import make_tiny_model
+from workers.tiny_model import MARKER_FILE, MODEL_SIZES, build_tiny_tokenizer, make_tiny_model
 
 SUNO_TOKENIZER = "bert-base-multilingual-cased"
 
@@ -53,6 +53,7 @@ BIN_FILE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 _HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # configs, tokenizer, weights
 _HUB_BIN_FILES = [*_HUB_FILES, "pytorch_model*.bin"]
+_HUB_TEXT_FILES = ["*.json", "*.txt"]  # configs and tokenizer: what planning reads, no weights
 
 
 class CheckpointError(UserError):
@@ -79,24 +80,32 @@ _CODEC_PREFIX = "codec_model."
 
 def resolve_checkpoint_dir(model: ModelConfig) -> Path:
     """The local directory of the checkpoint: ``source`` itself, or a hub snapshot of it."""
+    directory = _locate(model, weights=True)
+    assert directory is not None  # with weights, a missing tiny model is made
+    return directory
+
+
+def _locate(model: ModelConfig, *, weights: bool) -> Path | None:
+    """``source`` itself, or a hub snapshot of it (without ``weights``: its configs and tokenizer only).
+    A tiny model that is missing is made, or, without ``weights``, None: nothing is there yet."""
     local = Path(model.source).expanduser()
     if local.is_dir():
         return local
     if model.make_tiny_if_missing:
-        return make_tiny_model(local, fmt=model.format)
+        return make_tiny_model(local, fmt=model.format) if weights else None
     if model.format == "suno":
         raise CheckpointError(f"suno checkpoint directory {model.source} does not exist (suno format is local only)")
     if local.is_absolute() or model.source.startswith((".", "~")) or model.source.count("/") > 1:
         raise CheckpointError(f"checkpoint directory {model.source} does not exist")
     try:
-        return _download(model.source, model.revision)
+        return _download(model.source, model.revision, weights=weights)
     except Exception as exc:  # offline, unknown repo, bad revision: all mean "cannot get it"
         raise CheckpointError(
             f"cannot fetch {model.source!r} from the Hugging Face hub: {type(exc).__name__}: {_first_line(exc)}"
         ) from exc
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, *, weights: bool = True) -> Path:
     """Snapshot of the files this loader reads; ``.bin`` weights only when there are no safetensors.
 
     ``suno/bark`` also holds Suno's original ``.pt`` files and speaker
@@ -104,6 +113,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
     """
     from huggingface_hub import snapshot_download
 
+    if not weights:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_TEXT_FILES))
     directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
     if not (directory / SAFETENSORS_FILE).is_file() and not (directory / SAFETENSORS_INDEX).is_file():
         directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_BIN_FILES))
@@ -119,16 +130,59 @@ def load_settings_for(model: ModelConfig) -> BarkSettings:
 
 def load_tokenizer(model: ModelConfig):
     """The text tokenizer: ``model.tokenizer``, else the checkpoint's own (hf) or mBERT (suno)."""
-    if model.tokenizer is not None:
-        name = model.tokenizer
-    elif model.format == "hf":
-        name = str(resolve_checkpoint_dir(model))
-    else:
-        name = SUNO_TOKENIZER
+    if model.tokenizer is None and model.format == "hf":
+        return _tokenizer_from(str(resolve_checkpoint_dir(model)))
+    return _tokenizer_from(model.tokenizer or SUNO_TOKENIZER)
+
+
+def _tokenizer_from(name: str):
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load tokenizer {name}: {_first_line(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """What splitting texts needs of a checkpoint, and no weights: its generation constants and tokenizer."""
+
+    settings: BarkSettings
+    tokenizer: object
+    shape: dict[str, int] | None  # see :func:`model_shape`
+
+
+def load_text_side(model: ModelConfig) -> TextSide:
+    """The checkpoint's constants, tokenizer and shape, loading no model and making or fetching no weights
+    (a hub checkpoint: its configs and tokenizer only), so a job can be planned before it runs. A tiny
+    model not made yet is what :func:`make_tiny_model` would write: upstream constants and its tokenizer."""
+    directory = _locate(model, weights=False)
+    settings = BarkSettings() if model.format == "suno" else load_settings(directory)
+    if model.tokenizer is None and model.format == "hf":
+        tokenizer = _tokenizer_from(str(directory)) if directory is not None else build_tiny_tokenizer()
+    else:
+        tokenizer = _tokenizer_from(model.tokenizer or SUNO_TOKENIZER)
+    shape = model_shape(directory) if directory is not None else _size_shape("tiny")
+    return TextSide(settings, tokenizer, shape)
+
+
+def model_shape(directory: Path) -> dict[str, int] | None:
+    """The semantic GPT's width, depth and heads (Bark's three GPTs share them): what a stage's speed
+    depends on, whatever the weights. From ``config.json`` (hf), else a random checkpoint's marker;
+    None for Suno's own files (their shape is inside the pickled checkpoints)."""
+    config = directory / CONFIG_FILE
+    if config.is_file():
+        semantic = json.loads(config.read_text(encoding="utf-8")).get("semantic_config", {})
+        shape = {key: semantic.get(key) for key in ("hidden_size", "num_layers", "num_heads")}
+        return shape if all(isinstance(v, int) for v in shape.values()) else None
+    marker = directory / MARKER_FILE
+    if marker.is_file():
+        return _size_shape(json.loads(marker.read_text(encoding="utf-8")).get("size", "tiny"))
+    return None
+
+
+def _size_shape(size: str) -> dict[str, int] | None:
+    spec = MODEL_SIZES.get(size)
+    return None if spec is None else {"hidden_size": spec.hidden_size, "num_layers": spec.num_layers, "num_heads": spec.num_heads}
 
 
 # ---------------------------------------------------------------- stage models
