@@ -393,7 +393,7 @@ class ConfigError(UserError):
     """A config that cannot run; the message is one line per problem, each naming its field."""
 
 
-def _error_lines(exc: ValidationError) -> list[str]:
+def error_lines(exc: ValidationError) -> list[str]:
     """Every validation error, one line each naming the field (never the value: it may be a secret)."""
     return [f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
 
@@ -414,11 +414,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
     try:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(f"config {path}: {line}" for line in _error_lines(exc))) from None
-    return _resolve_relative_paths(config, path.parent)
+        raise ConfigError("\n".join(f"config {path}: {line}" for line in error_lines(exc))) from None
+    return resolve_relative_paths(config, path.parent)
 
 
-def _resolve_relative_paths(config: JobConfig, base: Path) -> JobConfig:
+def resolve_relative_paths(config: JobConfig, base: Path) -> JobConfig:
     if config.voices_dir is not None:
         voices_dir = config.voices_dir.expanduser()
         config = config.model_copy(update={"voices_dir": voices_dir if voices_dir.is_absolute() else (base / voices_dir).resolve()})

@@ -335,7 +335,7 @@ def _jsonl_items(stream: BinaryIO, uri: str, columns: ColumnsConfig, limits: Lim
         if not isinstance(row, dict):
             yield ItemError(where, "line", f"must be a JSON object, got {_kind(row)}")
             continue
-        yield _row_item(row, where, columns, limits)
+        yield row_item(row, where, columns, limits)
 
 
 def _best_effort_id(raw: bytes, columns: ColumnsConfig) -> str | None:
@@ -395,7 +395,7 @@ def _csv_items(
             where = f"row {n}" if _id_problem(item_id, columns.id) else item_id
             yield ItemError(where, "row", f"has {len(cells)} fields where the header has {len(header)}")
             continue
-        yield _row_item(row, f"row {n}", columns, limits)
+        yield row_item(row, f"row {n}", columns, limits)
 
 
 def _csv_header(reader, lines: _CsvLines, uri: str) -> list[str] | None:
@@ -508,7 +508,7 @@ def _parquet_items(path: str, uri: str, columns: ColumnsConfig, limits: LimitsCo
         for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=_wanted_columns(names, columns)):
             for row in batch.to_pylist():
                 n += 1
-                yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
+                yield row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _wanted_columns(names: list[str], columns: ColumnsConfig) -> list[str] | None:
@@ -547,7 +547,7 @@ def _check_columns(names: list[str], uri: str, columns: ColumnsConfig) -> None:
 # --- one row ----------------------------------------------------------------------
 
 
-def _row_item(row: Mapping, where: str, columns: ColumnsConfig, limits: LimitsConfig) -> Item | ItemError:
+def row_item(row: Mapping, where: str, columns: ColumnsConfig, limits: LimitsConfig) -> Item | ItemError:
     """The item of one row, or the first reason it cannot be one. ``where`` names a row without an id."""
     problem = _id_problem(row.get(columns.id), columns.id)
     if problem:
@@ -740,7 +740,7 @@ def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig, limits: LimitsConf
             _check_columns(names, uri, columns)
         for row in table.to_pylist():
             n += 1
-            yield _row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
+            yield row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _hf_error(uri: str, exc: Exception) -> Exception:

@@ -32,8 +32,8 @@ import ray
 from pydantic import ValidationError
 
 from pipeline import console
-from pipeline.config import ColumnsConfig, ConfigError, JobConfig, _error_lines, _resolve_relative_paths, load_config
-from pipeline.datasets import _row_item
+from pipeline.config import ColumnsConfig, ConfigError, JobConfig, error_lines, resolve_relative_paths, load_config
+from pipeline.datasets import row_item
 from pipeline.idset import DUPLICATE_ID_REASON
 from pipeline.job import NarrationJob
 from pipeline.manifest import read_manifest
@@ -125,7 +125,8 @@ class Narrator:
         """An ok item's files, as the writer left them in the output."""
         files = ItemFiles.of(item_id, self.config.output.format)
         metadata = json.loads(storage.get_bytes(files.metadata))
-        audio, rate = _decode(storage.get_bytes(files.audio))
+        rate = metadata["sample_rate"]
+        audio = _decode(storage.get_bytes(files.audio), rate)
         subtitles = None
         if self.config.output.subtitles:
             try:
@@ -157,8 +158,8 @@ def _as_config(config: str | Path | Mapping[str, Any] | JobConfig) -> JobConfig:
         try:
             parsed = JobConfig.model_validate(dict(config))
         except ValidationError as exc:
-            raise ConfigError("\n".join(f"config: {line}" for line in _error_lines(exc))) from None
-        return _resolve_relative_paths(parsed, Path.cwd())
+            raise ConfigError("\n".join(f"config: {line}" for line in error_lines(exc))) from None
+        return resolve_relative_paths(parsed, Path.cwd())
     return load_config(config)
 
 
@@ -169,15 +170,15 @@ def _as_item(index: int, item: ItemLike, config: JobConfig) -> Item | ItemError:
     if isinstance(item, str):
         return Item(id=f"{index:04d}", text=item)
     if isinstance(item, Mapping):
-        return _row_item(item, f"item {index}", ColumnsConfig(), config.limits)
+        return row_item(item, f"item {index}", ColumnsConfig(), config.limits)
     return ItemError(f"item {index}", "item", f"must be a string, an Item or a dict, got {type(item).__name__}")
 
 
-def _decode(data: bytes) -> tuple[np.ndarray, int]:
-    """Any format the writer makes (wav, flac, mp3, opus) as float32 mono samples and their rate."""
+def _decode(data: bytes, rate: int) -> np.ndarray:
+    """Any format the writer makes (wav, flac, mp3, opus) as float32 mono samples at the item's
+    rate (an Ogg Opus stream decodes at 48 kHz whatever rate it was made from)."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         pieces = [
             out.to_ndarray().reshape(-1)
@@ -185,7 +186,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, int]:
             for out in resampler.resample(frame)
         ]
         pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    return (np.concatenate(pieces) if pieces else np.zeros(0)).astype(np.float32), rate
+    return (np.concatenate(pieces) if pieces else np.zeros(0)).astype(np.float32)
 
 
 def _one_line(text: str) -> str:
