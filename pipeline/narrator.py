@@ -32,7 +32,14 @@ import ray
 from pydantic import ValidationError
 
 from pipeline import console
-from pipeline.config import ColumnsConfig, ConfigError, JobConfig, error_lines, resolve_relative_paths, load_config
+from pipeline.config import (
+    ColumnsConfig,
+    ConfigError,
+    JobConfig,
+    error_lines,
+    load_config,
+    resolve_relative_paths,
+)
 from pipeline.datasets import row_item
 from pipeline.idset import DUPLICATE_ID_REASON
 from pipeline.job import NarrationJob
