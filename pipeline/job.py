@@ -275,8 +275,9 @@ class NarrationJob:
     def _shutdown(self) -> None:
         """Ends the writers and the stage actors. Chunks still in flight (after a stop) are cancelled
         first, every stage's call of each, so that Ray neither retries them on the killed actors (a
-        console line per call) nor keeps the driver waiting for them. Their finished chunks stay as
-        parts, which a rerun resumes from."""
+        console line per call) nor keeps the driver waiting for them, and are told finished to the
+        pipeline, which a later job may share. Their finished chunks stay as parts, which a rerun
+        resumes from."""
         if self.pipeline is None:
             return
         pending = list(self._finishing) + list(self._in_flight)
@@ -289,6 +290,8 @@ class NarrationJob:
                 pass
         if self._in_flight:
             log.info("stopping: %d chunks in flight cancelled", len(self._in_flight))
+        for _run, _index, refs in self._in_flight.values():
+            self.pipeline.finished(refs)  # a shared pipeline's next job starts with these replicas' counts at rest
         if self.writers is not None:
             self.writers.shutdown()
         if self._owns_pipeline:

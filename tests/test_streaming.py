@@ -137,6 +137,9 @@ def _run_until(config, pipeline: StagePipeline, out: Path, text: str, chunks_don
     running.clear()
     watcher.join()
     assert summary.stopped
+    # The stopped job's chunks no longer count against the shared replicas, nor hold its voice.
+    assert pipeline.outstanding == {stage: [0] * len(counts) for stage, counts in pipeline.outstanding.items()}
+    assert len(pipeline.voices) == 0
     return seen
 
 
