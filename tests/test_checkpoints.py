@@ -456,3 +456,21 @@ def test_the_driver_reads_a_hub_checkpoint_without_its_weights(hf_dir, tmp_path)
     assert stage_side.stdout.strip().endswith(f"snapshots/{commit}")
     assert stage_side.returncode != 0 and "cannot fetch 'example/bark-like'" in stage_side.stderr
     assert "incomplete" in stage_side.stderr.lower()
+
+
+def test_a_hub_checkpoints_identity_is_its_commit_not_what_the_cache_holds(hf_dir, tmp_path):
+    """The driver's snapshot holds configs and tokenizer; a stage on the same machine may add the weights
+    to it. Neither changes the model's part of the fingerprint (a rerun would redo every item); another
+    commit does."""
+    from pipeline.config import JobConfig
+    from pipeline.fingerprint import model_identity
+
+    commit = _hub_cache_without_weights(tmp_path / "hf", hf_dir)
+    snapshot = tmp_path / "hf" / "hub" / "models--example--bark-like" / "snapshots" / commit
+    config = JobConfig.model_validate({"model": {"source": "example/bark-like"}})
+    before = model_identity(config, snapshot)
+    shutil.copy(hf_dir / SAFETENSORS_FILE, snapshot / SAFETENSORS_FILE)
+    assert model_identity(config, snapshot) == before
+    other = snapshot.parent / ("2" * 40)
+    snapshot.rename(other)
+    assert model_identity(config, other) != before
