@@ -350,7 +350,8 @@ class RayConfig(Strict):
     )
 
     def init_options(self) -> dict:
-        """``ray.init`` arguments for this config (Ray ignores the start-up ones when it joins a running cluster)."""
+        """``ray.init`` arguments for this config; the dashboard and metrics port shape a Ray the driver starts
+        (joining a running cluster, Ray does not read ``include_dashboard``; the cluster's nodes have their own port)."""
         options: dict = {"address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         options["include_dashboard"] = self.dashboard if self.dashboard is not None else self.metrics_export_port is not None
         if self.metrics_export_port is not None:
