@@ -41,6 +41,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_NOT_STARTED = 0, 1, 2
 # The names these codes had before.
 EXIT_ITEMS_FAILED, EXIT_BAD_CONFIG = EXIT_INCOMPLETE, EXIT_NOT_STARTED
 PROG = "bark-pipeline"
+DISTRIBUTION = "bark-pipeline"  # the name in pyproject.toml
 
 
 class InputError(UserError):
@@ -64,6 +65,7 @@ INPUT_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Narrate text with Bark, one Ray actor per stage.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="narrate a text file or a folder of them")
@@ -114,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version() -> str:
+    """The installed distribution's version (its metadata, not a constant kept by hand here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 # ---------------------------------------------------------------- checks before anything heavy
 
 
@@ -127,7 +139,7 @@ def _open_input(source: str, config: JobConfig):
     items, or unreadable as a whole, fails here), and how many items it holds where that is
     cheap to know (for the progress bar's ETA)."""
     from pipeline.datasets import count_rows, is_dataset, iter_dataset_items
-    from pipeline.sources import READERS, iter_file_items
+    from pipeline.sources import READERS, count_file_items, iter_file_items
 
     try:
         if is_dataset(source):
@@ -144,8 +156,7 @@ def _open_input(source: str, config: JobConfig):
                     f"--input: cannot read {path.suffix or 'suffix-less'} files; use {', '.join(READERS)}, a folder, or a dataset"
                 )
             files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
-            one_item_each = all(f.suffix.lower() != ".epub" for f in files)  # an EPUB holds one item per chapter
-            items, total = iter_file_items(path, config.limits), (len(files) if one_item_each else None)
+            items, total = iter_file_items(path, config.limits), sum(count_file_items(f, config.limits) for f in files)
             what = f"{', '.join(READERS)} files" if path.is_dir() else "chapters"
         first = next(items, None)
     except UserError:
@@ -184,7 +195,7 @@ def _run(args: argparse.Namespace, stops: StopSignals) -> int:
 
     # From here on torch and transformers load (the tokenizer, the voice checks); Ray only when needed.
     from pipeline.job import NarrationJob
-    from workers.checkpoints import resolve_checkpoint_dir
+    from workers.checkpoints import resolve_text_dir
 
     ray_started: list[bool] = []
 
@@ -193,7 +204,7 @@ def _run(args: argparse.Namespace, stops: StopSignals) -> int:
         _start_ray(config, verbose=args.verbose, stops=stops)
 
     try:
-        resolve_checkpoint_dir(config.model)  # fails here, or makes the tiny model once
+        resolve_text_dir(config.model)  # fails here (from the hub: configs and tokenizer, no weights), or makes the tiny model once
         job = NarrationJob(
             config,
             args.output,
@@ -232,12 +243,7 @@ def _start_ray(config: JobConfig, *, verbose: bool, stops: StopSignals) -> None:
 
     console.tame_ray_logging(verbose=verbose)
     with _ray_keeps_our_sigterm_handler():
-        ray.init(
-            address=config.ray.address,
-            num_cpus=config.ray.num_cpus,
-            num_gpus=config.ray.num_gpus,
-            **console.ray_init_options(verbose=verbose),
-        )
+        ray.init(**config.ray.init_options(), **console.ray_init_options(verbose=verbose))
     stops.install()  # in case ray.init put its own handler in place of ours all the same
 
 

@@ -333,11 +333,30 @@ class PlacementConfig(Strict):
 
 
 class RayConfig(Strict):
-    """How the driver connects. ``address: null`` starts (or joins, under ``ray job submit``) Ray."""
+    """How the driver connects. ``address: null`` starts (or joins, under ``ray job submit``) Ray.
+
+    The rest applies only where the driver starts a Ray of its own: Ray's metrics agent
+    serves Prometheus text on ``metrics_export_port`` with or without the dashboard, so
+    the dashboard (a web server and its head process) starts only when asked for, by
+    ``dashboard: true`` or, unset, by asking for metrics.
+    """
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
+    dashboard: bool | None = Field(default=None, description="start Ray's dashboard; unset: only with metrics_export_port")
+    metrics_export_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve the metrics in Prometheus text on this port of each node"
+    )
+
+    def init_options(self) -> dict:
+        """``ray.init`` arguments for this config; the dashboard and metrics port shape a Ray the driver starts
+        (joining a running cluster, Ray does not read ``include_dashboard``; the cluster's nodes have their own port)."""
+        options: dict = {"address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        options["include_dashboard"] = self.dashboard if self.dashboard is not None else self.metrics_export_port is not None
+        if self.metrics_export_port is not None:
+            options["_metrics_export_port"] = self.metrics_export_port
+        return options
 
 
 VoiceMode = Literal["fixed", "chained"]

@@ -14,7 +14,9 @@ each item's metadata now records a fingerprint of:
 - the model's identity: source, format, revision, tokenizer and codec, plus a
   digest of the checkpoint folder's file names, sizes and modification times,
   so rewriting a local checkpoint's files (or copying them, which is treated
-  the same: the digest does not read gigabytes of weights) counts as a new model.
+  the same: the digest does not read gigabytes of weights) counts as a new model;
+  for a hub checkpoint, the commit its snapshot is of (the driver fetches only
+  configs and tokenizer, so what else the local cache holds must not count).
 
 Settings that only change *which extra files* are written (subtitles, saved
 tokens) or how fast the job runs (batch sizes, replicas, placement) are left
@@ -99,8 +101,13 @@ def model_identity(config: JobConfig, checkpoint_dir: Path | None) -> str:
         "suno_files": model.suno_files.model_dump() if model.format == "suno" else None,
         "tokenizer": model.tokenizer,
         "codec_checkpoint": model.codec_checkpoint,
-        "checkpoint_files": folder_digest(checkpoint_dir) if checkpoint_dir is not None and checkpoint_dir.is_dir() else None,
+        "checkpoint_files": None,
     }
+    if checkpoint_dir is not None and checkpoint_dir.is_dir():
+        if Path(model.source).expanduser().is_dir():
+            identity["checkpoint_files"] = folder_digest(checkpoint_dir)
+        else:  # a hub snapshot, named by its commit
+            identity["checkpoint_commit"] = checkpoint_dir.name
     for name, spec in (("tokenizer_files", model.tokenizer), ("codec_file", model.codec_checkpoint)):
         path = _local(spec)
         if path is not None:

@@ -37,7 +37,7 @@ from pipeline.sources import Item, ItemError
 from pipeline.stop import StopRequested
 from pipeline.writer import ChunkOrder, ItemOrder, ItemReceipt, PartOrder, PartReceipt
 from pipeline.writer_pool import WriterPool
-from workers.checkpoints import load_settings_for, load_tokenizer, resolve_checkpoint_dir
+from workers.checkpoints import load_settings_for, load_tokenizer, resolve_text_dir
 from workers.records import VoicePrompt
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class NarrationJob:
             config,
             self.settings,
             text_encoder(tokenizer),
-            Fingerprinter(config, resolve_checkpoint_dir(config.model)),
+            Fingerprinter(config, resolve_text_dir(config.model)),
         )
         self.start_ray = start_ray
         self.progress = Progress(quiet=quiet, total_items=total_items)
@@ -203,7 +203,9 @@ class NarrationJob:
             if not self._sending:
                 item = next(items, None)
                 if item is None:
+                    self.progress.input_read()
                     return True
+                self.progress.item_read()
                 if (run := self._admit(item)) is not None:
                     self._sending.append(run)
                 continue
@@ -261,6 +263,7 @@ class NarrationJob:
         if not self._wait_for(ready):
             return False
         ray.get(ready)  # a writer that could not start fails here, before any work
+        self.progress.narration_started()
         return True
 
     def _wait_for(self, refs: list[ray.ObjectRef]) -> bool:
@@ -326,6 +329,7 @@ class NarrationJob:
         finished = ledger.finished_chunks(item.id, spec.fingerprint, len(plan.chunks)) if len(plan.chunks) > 1 else set()
         if finished:
             ledger.resumed(item.id, len(finished), len(plan.chunks))
+        self.progress.item_planned(item.id, len(plan.chunks) - len(finished))
         return _ItemRun(plan, finished, changed=verdict.changed)
 
     def _send(self, run: _ItemRun, index: int) -> None:
@@ -413,6 +417,7 @@ class NarrationJob:
                 self.ledger.failed(run.plan.item.id, receipt.error, run.plan.spec.fingerprint)
         else:
             run.finished.add(index)
+            self.progress.chunk_done(run.plan.item.id, receipt.audio_s)
             if run.all_sent:
                 self._settle(run)
 

@@ -123,7 +123,7 @@ class Ledger:
         the item it repeats is left as it is."""
         if self.seen_ids.add(item_id):
             return True
-        self.progress.item_failed(item_id, DUPLICATE_ID_REASON)
+        self.progress.item_failed(item_id, DUPLICATE_ID_REASON, repeat=True)
         self.metrics.item_done("failed")
         return False
 

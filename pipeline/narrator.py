@@ -48,7 +48,7 @@ from pipeline.object_store import ObjectNotFound, open_storage
 from pipeline.scheduler import StagePipeline
 from pipeline.sources import Item, ItemError
 from pipeline.writer import ItemFiles
-from workers.checkpoints import resolve_checkpoint_dir
+from workers.checkpoints import resolve_text_dir
 
 ItemLike = str | Item | Mapping[str, Any]
 
@@ -77,16 +77,11 @@ class Narrator:
         and waits until every stage has loaded its model, so a bad model fails here."""
         self.config = _as_config(config)
         self.output = str(output) if output is not None else None
-        resolve_checkpoint_dir(self.config.model)  # fails here, or makes the tiny model once
+        resolve_text_dir(self.config.model)  # fails here (from the hub: configs and tokenizer, no weights), or makes the tiny model once
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             console.tame_ray_logging(verbose=False)
-            ray.init(
-                address=self.config.ray.address,
-                num_cpus=self.config.ray.num_cpus,
-                num_gpus=self.config.ray.num_gpus,
-                **console.ray_init_options(verbose=False),
-            )
+            ray.init(**self.config.ray.init_options(), **console.ray_init_options(verbose=False))
         self.pipeline: StagePipeline | None = StagePipeline(self.config)
         try:
             self.pipeline.placements()

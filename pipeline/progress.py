@@ -62,32 +62,152 @@ class JobSummary:
         )
 
 
+@dataclass
+class ProgressCounts:
+    """How far the run is, in items, chunks and audio, as the bar shows it.
+
+    Chunks are planned item by item as the input is read, so until it is read to
+    its end the chunk total is not known. Where the item total is (a folder, a
+    local dataset, an EPUB's chapters), the chunks still to come are estimated at
+    the mean of the items planned so far; otherwise the bar gives no total and no
+    ETA. Chunks an earlier run finished, and items done earlier, are not counted:
+    the rate and the ETA are this run's.
+    """
+
+    items_total: int | None = None  # items in the input, where cheap to know; exact once it is read
+    items_read: int = 0
+    items_done: int = 0  # settled by this run: ok, failed (now or earlier), skipped
+    items_planned: int = 0  # items with chunks for this run to narrate
+    chunks_planned: int = 0  # their chunks, as planned
+    chunks_dropped: int = 0  # chunks of items that failed before all were done: never narrated
+    chunks_done: int = 0
+    audio_s: float = 0.0  # finished items' audio plus the chunks back of unfinished ones
+    input_read: bool = False
+
+    def chunks_expected(self) -> float | None:
+        """The chunks this run narrates: exact once the input is read, else estimated (None: unknown)."""
+        known = self.chunks_planned - self.chunks_dropped
+        if self.input_read:
+            return known
+        if self.items_total is None or not self.items_planned:
+            return None
+        unread = max(0, self.items_total - self.items_read)
+        return known + unread * self.chunks_planned / self.items_planned
+
+    @property
+    def estimated(self) -> bool:
+        return not self.input_read
+
+
+def bar_layout(counts: ProgressCounts) -> tuple[str, int | None, str]:
+    """The bar's description, total (chunks) and tqdm format: items done of total first, then
+    chunks done of expected (``~`` while estimated) with the percentage, the audio made, and tqdm's
+    elapsed time, ETA (from its smoothed chunk rate) and rate."""
+    items = f"items {counts.items_done}/{counts.items_total if counts.items_total is not None else '?'}"
+    audio = f"{format_audio(counts.audio_s)} of audio"
+    total = counts.chunks_expected()
+    if total is None:
+        planned = counts.chunks_planned - counts.chunks_dropped
+        return items, None, f"{{desc}} | chunks {{n_fmt}} of {planned}+ | {audio} [{{elapsed}}, {{rate_fmt}}]"
+    approx = "~" if counts.estimated else ""
+    layout = f"{{desc}} | chunks {{n_fmt}}/{approx}{{total_fmt}} {{percentage:3.0f}}%|{{bar}}| {audio} [{{elapsed}}<{{remaining}}, {{rate_fmt}}]"
+    return items, max(round(total), counts.chunks_done), layout
+
+
+def format_audio(seconds: float) -> str:
+    """``41.7 s`` under a minute, ``12m05s`` under an hour, then ``3h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m{int(seconds % 60):02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 class Progress:
-    """Items finished as the bar's count; chunks and audio hours in its postfix."""
+    """The bar counts chunks (the unit of work, so a one-item book moves too), with items done of
+    the input's total and the audio made beside it; the per-item lines and the summary as before."""
 
     def __init__(self, *, quiet: bool, total_items: int | None = None) -> None:
         self.quiet = quiet
         self.summary = JobSummary()
+        self.counts = ProgressCounts(items_total=total_items)
+        self._open: dict[str, tuple[int, float]] = {}  # item id -> (its chunks not back yet, audio of those back)
         self.bar = tqdm(
-            total=total_items,
-            unit="item",
+            total=None,
+            unit="chunk",
             disable=quiet or not _is_terminal(sys.stderr),
             file=sys.stderr,
             dynamic_ncols=True,
             smoothing=0.05,
         )
+        self._layout()
+
+    # ------------------------------------------------------------------ chunks
+
+    def item_read(self) -> None:
+        """One more item came from the input (counted whatever becomes of it)."""
+        self.counts.items_read += 1
+
+    def narration_started(self) -> None:
+        """The stage actors are up: the bar's clock starts here, so Ray's start-up and model loading
+        count in neither the chunk rate nor the ETA."""
+        self.bar.reset(total=self.bar.total)  # nothing is narrated before: the count stays 0
+        self._layout(refresh=True)
+
+    def input_read(self) -> None:
+        """The input is read to its end: the item and chunk totals are exact from now on."""
+        self.counts.input_read = True
+        self.counts.items_total = self.counts.items_read
+        self._layout(refresh=True)
+
+    def item_planned(self, item_id: str, chunks: int) -> None:
+        """An item is admitted with ``chunks`` for this run to narrate (those an earlier run finished not counted)."""
+        self.counts.items_planned += 1
+        self.counts.chunks_planned += chunks
+        self._open[item_id] = (chunks, 0.0)
+        self._layout(refresh=True)
+
+    def chunk_done(self, item_id: str, audio_s: float) -> None:
+        """A chunk of an item with several is back (its part written); one of a failed item is not counted."""
+        if item_id not in self._open:
+            return
+        left, audio = self._open[item_id]
+        self._open[item_id] = (left - 1, audio + audio_s)
+        self.counts.chunks_done += 1
+        self.counts.audio_s += audio_s
+        self._layout()
+        self.bar.update(1)
+
+    def _close_item(self, item_id: str | None, *, ok: bool, audio_s: float = 0.0) -> None:
+        """An item settled: an ok one's chunks not counted yet (a one-chunk item's) are done, and its written
+        audio replaces its chunks' (silences and trim included); a failed one's never come."""
+        left, chunks_audio = self._open.pop(item_id, (0, 0.0))
+        self.counts.items_done += 1
+        if ok:
+            self.counts.chunks_done += left
+            self.counts.audio_s += audio_s - chunks_audio
+            if left:
+                self.bar.update(left)
+        else:
+            self.counts.chunks_dropped += left
+            self.counts.audio_s -= chunks_audio
+        self._layout(refresh=True)
+
+    # ------------------------------------------------------------------ items
 
     def item_done(self, item_id: str, audio_s: float, chunks: int, *, changed: str | None = None) -> None:
         self.summary.ok += 1
         self.summary.chunks += chunks
         self.summary.audio_s += audio_s
-        self._advance()
+        self._close_item(item_id, ok=True, audio_s=audio_s)
         redone = f" (redone: {changed} changed)" if changed else ""
         self.echo(f"ok      {item_id}: {audio_s:.1f} s of audio in {chunks} chunks{redone}")
 
-    def item_failed(self, item_id: str, reason: str) -> None:
+    def item_failed(self, item_id: str, reason: str, *, repeat: bool = False) -> None:
+        """``repeat``: a repeated id, failed on the console only; the item it repeats is left running."""
         self.summary.failed += 1
-        self._advance()
+        self._close_item(None if repeat else item_id, ok=False)
         # Failures are shown even in quiet mode: one line each.
         self._write(f"FAILED  {item_id}: {reason}")
 
@@ -95,7 +215,7 @@ class Progress:
         """An item an earlier run recorded as failed, not retried: it is still failed in the output."""
         self.summary.failed += 1
         self.summary.failed_earlier += 1
-        self._advance()
+        self._close_item(item_id, ok=False)
         if self.summary.failed_earlier <= EARLIER_FAILURES_LISTED:
             self._write(f"FAILED  {item_id}: {reason or 'no reason recorded'} (recorded by an earlier run)")
 
@@ -104,7 +224,7 @@ class Progress:
 
     def item_skipped(self) -> None:
         self.summary.skipped += 1
-        self._advance()
+        self._close_item(None, ok=True)
 
     def echo(self, line: str) -> None:
         if not self.quiet:
@@ -113,15 +233,16 @@ class Progress:
     def _write(self, line: str) -> None:
         self.bar.write(for_console(line), file=sys.stderr)
 
-    def _advance(self) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(
-            chunks=self.summary.chunks, audio_h=f"{self.summary.audio_s / SECONDS_PER_HOUR:.3f}", refresh=False
-        )
+    def _layout(self, *, refresh: bool = False) -> None:
+        desc, total, layout = bar_layout(self.counts)
+        self.bar.total = total
+        self.bar.bar_format = layout
+        self.bar.set_description_str(desc, refresh=refresh)
 
     def close(self, wall_s: float) -> JobSummary:
         """Ends the bar; says how to retry failures that earlier runs recorded."""
         self.summary.wall_s = wall_s
+        self._layout()
         self.bar.close()
         earlier = self.summary.failed_earlier
         if earlier:

@@ -141,8 +141,11 @@ class PartOrder(_Record):
 
 
 class PartReceipt(_Record):
+    """A chunk kept as a part (``audio_s``: its audio's length, for the progress bar) or not (``error``)."""
+
     item_id: str
     index: int
+    audio_s: float = 0.0
     error: str | None = None
 
 
@@ -224,7 +227,7 @@ class ItemWriter:
             self.storage.put_bytes(part_key(item_key(order.item_id), order.fingerprint, order.index), part.to_bytes())
         except StorageError as exc:
             return PartReceipt(item_id=order.item_id, index=order.index, error=redact(f"storage: {exc}"))
-        return PartReceipt(item_id=order.item_id, index=order.index)
+        return PartReceipt(item_id=order.item_id, index=order.index, audio_s=len(part.audio) / part.sample_rate)
 
     def write_item(self, order: ItemOrder, audio: AudioOutput, fine: StageOutput | None = None) -> ItemReceipt:
         """An item of one chunk, written straight from its audio."""

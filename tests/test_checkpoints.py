@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -397,3 +398,79 @@ def _check_semantic_generation(hf_model):
     assert len(set(lengths)) > 1 and min(lengths) > 1, lengths
     for row, length in zip(tokens, lengths):
         assert len(set(row[:length].tolist())) > min(5, length // 2)
+
+
+def _hub_cache_without_weights(root, checkpoint) -> str:
+    """A Hugging Face cache as a download of the driver's files leaves it: the repo's tree listing
+    (huggingface_hub's documented ``trees/<commit>.json``) names every file of ``checkpoint``, weights
+    included, but the snapshot holds only its configs and tokenizer."""
+    commit = "1" * 40
+    repo = root / "hub" / "models--example--bark-like"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    files = {}
+    for path in sorted(checkpoint.iterdir()):
+        files[path.name] = {"size": path.stat().st_size, "blob_id": f"{len(files):040x}"}
+        if path.suffix in (".json", ".txt"):
+            shutil.copy(path, snapshot / path.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": files}))
+    assert SAFETENSORS_FILE in files and not (snapshot / SAFETENSORS_FILE).exists()
+    return commit
+
+
+def test_the_driver_reads_a_hub_checkpoint_without_its_weights(hf_dir, tmp_path):
+    """Offline, on a cached snapshot that lacks the weights the tree listing names: the driver's whole
+    start-up (the command's checks, settings, tokenizer, fingerprints, the job's records) goes through,
+    while the stage side's loader refuses the snapshot as incomplete. No network here: this shows the
+    driver asks huggingface_hub for configs and tokenizer only, not what it would download online."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    commit = _hub_cache_without_weights(tmp_path / "hf", hf_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "RAY_ADDRESS"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    config = tmp_path / "job.yaml"
+    config.write_text("model: {source: example/bark-like, format: hf}\n")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "r1", "text": ""}\n')  # an item that fails unread: the job never needs Ray
+
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input", str(rows), "--output", str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 1 and run.stdout.startswith("done: 0 ok, 1 failed"), run.stderr
+    [entry] = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert entry["id"] == "r1" and entry["status"] == "failed"
+
+    stage_side = subprocess.run(
+        [sys.executable, "-c", "import sys; from workers.config import ModelConfig; from workers.checkpoints import "
+         "resolve_checkpoint_dir, resolve_text_dir; m = ModelConfig(source='example/bark-like'); print(resolve_text_dir(m)); "
+         "resolve_checkpoint_dir(m)"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert stage_side.stdout.strip().endswith(f"snapshots/{commit}")
+    assert stage_side.returncode != 0 and "cannot fetch 'example/bark-like'" in stage_side.stderr
+    assert "incomplete" in stage_side.stderr.lower()
+
+
+def test_a_hub_checkpoints_identity_is_its_commit_not_what_the_cache_holds(hf_dir, tmp_path):
+    """The driver's snapshot holds configs and tokenizer; a stage on the same machine may add the weights
+    to it. Neither changes the model's part of the fingerprint (a rerun would redo every item); another
+    commit does."""
+    from pipeline.config import JobConfig
+    from pipeline.fingerprint import model_identity
+
+    commit = _hub_cache_without_weights(tmp_path / "hf", hf_dir)
+    snapshot = tmp_path / "hf" / "hub" / "models--example--bark-like" / "snapshots" / commit
+    config = JobConfig.model_validate({"model": {"source": "example/bark-like"}})
+    before = model_identity(config, snapshot)
+    shutil.copy(hf_dir / SAFETENSORS_FILE, snapshot / SAFETENSORS_FILE)
+    assert model_identity(config, snapshot) == before
+    other = snapshot.parent / ("2" * 40)
+    snapshot.rename(other)
+    assert model_identity(config, other) != before

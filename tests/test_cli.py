@@ -373,3 +373,13 @@ def test_a_fault_after_narration_began_exits_1_not_2(tmp_path, tiny_model_dir):
     assert int(SUMMARY.match(summary).group(2)) >= 1
     assert "Started a local Ray instance" in result.stderr  # --verbose: Ray's own lines
     assert "\x1b" not in result.stdout + result.stderr
+
+
+def test_version_prints_the_installed_packages_version():
+    from importlib.metadata import version
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--version"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == f"bark-pipeline {version('bark-pipeline')}\n"

@@ -265,11 +265,13 @@ def test_kuberay_credentials_come_from_secrets(path):
             if SECRET_ENV.search(env["name"]):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 assert ref and ref["name"] and ref["key"] and "value" not in env, f"{env['name']} must come from a Secret"
-    # The driver, which does all S3 reads and writes, runs on the head.
-    head = _cluster_spec(manifest)["headGroupSpec"]["template"]["spec"]["containers"][0]
-    names = {e["name"]: e for e in head.get("env", [])}
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert names[key]["valueFrom"]["secretKeyRef"]["key"] == key
+    # The driver (on the head) reads the input and keeps the manifest; the item writers (on the GPU
+    # workers, beside the codec replicas) write the items: both need the S3 credentials.
+    for group in _groups(manifest):
+        container = group["template"]["spec"]["containers"][0]
+        names = {e["name"]: e for e in container.get("env", [])}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert names[key]["valueFrom"]["secretKeyRef"]["key"] == key, (container["name"], key)
 
 
 @pytest.mark.parametrize("path", sorted(CLUSTER.iterdir()) + [REPO / "docker" / "Dockerfile"], ids=lambda p: p.name)

@@ -85,6 +85,17 @@ def resolve_checkpoint_dir(model: ModelConfig) -> Path:
     return directory
 
 
+def resolve_text_dir(model: ModelConfig) -> Path:
+    """The local directory holding the checkpoint's configs and tokenizer: what the driver reads.
+
+    From the hub only those files are fetched, never the weights (the stage actors fetch
+    theirs on their own nodes); a local directory is itself. A tiny model that is missing
+    is made whole, once, here, so the stage actors do not race to make it.
+    """
+    directory = _locate(model, weights=False)
+    return directory if directory is not None else resolve_checkpoint_dir(model)
+
+
 def _locate(model: ModelConfig, *, weights: bool) -> Path | None:
     """``source`` itself, or a hub snapshot of it (without ``weights``: its configs and tokenizer only).
     A tiny model that is missing is made, or, without ``weights``, None: nothing is there yet."""
@@ -125,13 +136,13 @@ def load_settings_for(model: ModelConfig) -> BarkSettings:
     """Generation constants: the checkpoint's own (hf), upstream Bark's (suno files carry none)."""
     if model.format == "suno":
         return BarkSettings()
-    return load_settings(resolve_checkpoint_dir(model))
+    return load_settings(resolve_text_dir(model))
 
 
 def load_tokenizer(model: ModelConfig):
     """The text tokenizer: ``model.tokenizer``, else the checkpoint's own (hf) or mBERT (suno)."""
     if model.tokenizer is None and model.format == "hf":
-        return _tokenizer_from(str(resolve_checkpoint_dir(model)))
+        return _tokenizer_from(str(resolve_text_dir(model)))
     return _tokenizer_from(model.tokenizer or SUNO_TOKENIZER)
 
 
