@@ -5,8 +5,9 @@ row's outcome in new columns.
     processor(ray.data.read_parquet("s3://bucket/texts.parquet")).write_parquet("s3://bucket/results")
 
 The rows go through one ``map_batches`` stage whose callable class runs in one actor
-(``concurrency=1``) for the whole dataset. That actor holds one :class:`~pipeline.Narrator`,
-so one set of stage actors (the models, loaded once) serves every batch, and each batch
+(``concurrency=1``) for the whole dataset. That actor holds one :class:`~pipeline.Narrator`
+(made when the first chunk needs it: a rerun over a finished output loads no model), so
+one set of stage actors (the models, loaded once) serves every batch, and each batch
 is one :class:`~pipeline.job.NarrationJob` over the same output: the job's own planner,
 scheduler, writers, manifest and resume. One actor, because an output has one writer at a
 time (the job's lease). It reserves no CPU (``num_cpus=0``): it only drives the job, and
@@ -166,11 +167,34 @@ class _NarratedIds(Progress):
         super().item_done(item_id, audio_s, chunks, changed=changed)
 
 
+class _StagesWhenNeeded:
+    """The stage pipeline of one Narrator, made at the first chunk a job sends: a batch (a rerun)
+    whose rows are all done or failed starts no actor and loads no model. The job uses it as a
+    :class:`~pipeline.scheduler.StagePipeline`; made here, in the map_batches actor, the stage
+    actors belong to that actor."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+        self.narrator: Narrator | None = None
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set here: the StagePipeline's
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self.narrator is None:
+            self.narrator = Narrator(self.config)  # joins the actor's Ray; waits until the models load
+        return getattr(self.narrator.pipeline, name)
+
+    def close(self) -> None:
+        if self.narrator is not None:
+            self.narrator.close()
+
+
 class _NarrateBatches:
-    """The ``map_batches`` actor: one Narrator (one set of stage actors) for every batch."""
+    """The ``map_batches`` actor: one set of stage actors (started when first needed) for every batch."""
 
     def __init__(self, config: JobConfig, output: str, columns: ColumnsConfig, include_audio: bool, retry_failed: bool) -> None:
-        self.narrator = Narrator(config)  # joins the actor's Ray; its stage actors are this actor's
+        self.config = config
+        self.stages = _StagesWhenNeeded(config)
         self.output = output
         self.columns = columns
         self.include_audio = include_audio
@@ -184,7 +208,7 @@ class _NarrateBatches:
             raise ValueError(
                 f"the dataset already has column(s) {', '.join(map(repr, taken))}, which narration adds; rename them"
             )
-        config = self.narrator.config
+        config = self.config
         records = [
             row_item({k: plain_cell(v) for k, v in row.items()}, NO_ID, self.columns, config.limits)
             for row in batch.to_pylist()
@@ -205,7 +229,7 @@ class _NarrateBatches:
         if to_job:
             progress = _NarratedIds()
             job = NarrationJob(
-                config, self.output, retry_failed=self.retry_failed, pipeline=self.narrator.pipeline, progress=progress
+                config, self.output, retry_failed=self.retry_failed, pipeline=self.stages, progress=progress
             )
             job.run(iter(to_job))
             narrated = progress.ids
@@ -232,7 +256,7 @@ class _NarrateBatches:
 
     def _with_columns(self, batch: pa.Table, records, outcomes) -> pa.Table:
         status, error, duration, uri, audio = [], [], [], [], []
-        fmt = self.narrator.config.output.format
+        fmt = self.config.output.format
         for record, (state, detail) in zip(records, outcomes):
             status.append(state)
             ok = isinstance(detail, ManifestEntry)
@@ -249,7 +273,7 @@ class _NarrateBatches:
 
     def __del__(self) -> None:
         """Ends the stage actors when the actor exits gracefully (a killed actor's go with it anyway)."""
-        for part in (getattr(self, "narrator", None), getattr(self, "seen", None)):
+        for part in (getattr(self, "stages", None), getattr(self, "seen", None)):
             if part is not None:
                 with contextlib.suppress(Exception):  # Ray may be going away already
                     part.close()

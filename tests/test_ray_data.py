@@ -6,6 +6,7 @@ the same output narrating nothing again."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.data as ray_data
 import soundfile
 import yaml
 
@@ -21,8 +23,6 @@ from pipeline.idset import DUPLICATE_ID_REASON
 from pipeline.manifest import Manifest
 from pipeline.ray_data import OUTPUT_COLUMNS, build_narration_processor
 from tests.conftest import REPO
-
-ray_data = pytest.importorskip("ray.data")
 
 ROWS = [
     {"id": "a", "text": "A short line.", "params": None, "genre": "one"},
@@ -45,7 +45,7 @@ def _config(tiny_model_dir) -> dict:
 
 def _run(config: dict, source: Path, out: Path, results: Path, **options) -> list[dict]:
     """read_parquet -> narrate -> write_parquet, and the written rows read back in input order."""
-    processor = build_narration_processor(config, out, batch_size=2, **options)
+    processor = build_narration_processor(config, out, batch_size=4, **options)
     processor(ray_data.read_parquet(str(source))).write_parquet(str(results))
     rows = pq.read_table(results).to_pylist()
     order = {row["genre"]: n for n, row in enumerate(ROWS)}  # genre is unique per input row
@@ -58,6 +58,12 @@ def _wait_for_gpus(total: float) -> float:
     while ray.available_resources().get("GPU", 0) < total and time.monotonic() < deadline:
         time.sleep(0.2)
     return ray.available_resources().get("GPU", 0)
+
+
+def _watch_gpus(stop: threading.Event, seen: list[float]) -> None:
+    while not stop.is_set():
+        seen.append(ray.available_resources().get("GPU", 0))
+        stop.wait(0.05)
 
 
 def test_read_narrate_write_then_rerun_skips(ray_session, tiny_model_dir, tmp_path):
@@ -95,7 +101,16 @@ def test_read_narrate_write_then_rerun_skips(ray_session, tiny_model_dir, tmp_pa
 
     written = {name: (out / f"{name}.wav").stat().st_mtime_ns for name in NARRATED}
     lines = (out / "manifest.jsonl").read_text().count("\n")
-    again = _run(config, source, out, tmp_path / "results2")
+    lowest = []  # the fewest free GPUs seen while the rerun runs: no stage actor starts for it
+    watching = threading.Event()
+    watcher = threading.Thread(target=_watch_gpus, args=(watching, lowest))
+    watcher.start()
+    try:
+        again = _run(config, source, out, tmp_path / "results2")
+    finally:
+        watching.set()
+        watcher.join()
+    assert min(lowest) == gpus
     assert [(row["id"], row["status"]) for row in again] == [
         ("a", "skipped"), ("b", "skipped"), ("empty", "failed"), ("bad", "failed"),
         (None, "failed"), ("a", "failed"), ("c/d", "skipped"),
