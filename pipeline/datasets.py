@@ -508,7 +508,7 @@ def _parquet_items(path: str, uri: str, columns: ColumnsConfig, limits: LimitsCo
         for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=_wanted_columns(names, columns)):
             for row in batch.to_pylist():
                 n += 1
-                yield row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
+                yield row_item({name: plain_cell(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _wanted_columns(names: list[str], columns: ColumnsConfig) -> list[str] | None:
@@ -516,12 +516,12 @@ def _wanted_columns(names: list[str], columns: ColumnsConfig) -> list[str] | Non
     return None if columns.extra == "*" else [c for c in names if c in {*columns.named, *columns.extra}]
 
 
-def _plain(value):
+def plain_cell(value):
     """A Parquet cell as what JSON metadata can hold (dates as ISO text, decimals as text)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_cell(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_cell(v) for v in value]
     if isinstance(value, bytes):  # a binary column; bytes that are not UTF-8 fail the row, as in CSV
         return value.decode("utf-8", "surrogateescape")
     if isinstance(value, (datetime.date, datetime.time)):
@@ -740,7 +740,7 @@ def _hf_items(spec: HFSpec, uri: str, columns: ColumnsConfig, limits: LimitsConf
             _check_columns(names, uri, columns)
         for row in table.to_pylist():
             n += 1
-            yield row_item({name: _plain(value) for name, value in row.items()}, f"row {n}", columns, limits)
+            yield row_item({name: plain_cell(value) for name, value in row.items()}, f"row {n}", columns, limits)
 
 
 def _hf_error(uri: str, exc: Exception) -> Exception:

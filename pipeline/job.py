@@ -88,6 +88,7 @@ class NarrationJob:
         shard: Shard | None = None,
         pipeline: StagePipeline | None = None,
         worker_classes: Mapping[str, type] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         """``start_ray`` starts or joins Ray; it is called only once an item needs narrating, so an
         input whose items are all done, failed or unreadable never starts Ray or loads a model.
@@ -96,7 +97,10 @@ class NarrationJob:
         and left running, so several jobs share one set of loaded models; by default the job makes
         its own when it needs them and ends them at its end.
         ``worker_classes`` replaces the stage actor classes (see :class:`StagePipeline`): a
-        benchmark and extension hook, None in production."""
+        benchmark and extension hook, None in production.
+        ``progress``: where the job reports each item (by default a console one, made here;
+        ``quiet`` and ``total_items`` are for that one): the Ray Data processor passes one
+        that also keeps which items this run narrated."""
         self.config = config
         self.shard = shard
         self.settings = load_settings_for(config.model)
@@ -108,7 +112,7 @@ class NarrationJob:
             Fingerprinter(config, resolve_text_dir(config.model)),
         )
         self.start_ray = start_ray
-        self.progress = Progress(quiet=quiet, total_items=total_items)
+        self.progress = progress if progress is not None else Progress(quiet=quiet, total_items=total_items)
         self.stop_requested = False
         self._polling = False  # the run loop is where it looks for stop_requested (see request_stop)
         self.narrating = False  # a chunk was sent: a fault from now on comes after narration began

@@ -75,7 +75,7 @@ class Narrator:
         or a JobConfig. ``output``: keep the files there (and resume there) instead of in a
         temporary folder per call. Starts Ray unless it is already initialised (then joins it),
         and waits until every stage has loaded its model, so a bad model fails here."""
-        self.config = _as_config(config)
+        self.config = as_config(config)
         self.output = str(output) if output is not None else None
         resolve_text_dir(self.config.model)  # fails here (from the hub: configs and tokenizer, no weights), or makes the tiny model once
         self._started_ray = not ray.is_initialized()
@@ -153,7 +153,8 @@ class Narrator:
         self.close()
 
 
-def _as_config(config: str | Path | Mapping[str, Any] | JobConfig) -> JobConfig:
+def as_config(config: str | Path | Mapping[str, Any] | JobConfig) -> JobConfig:
+    """A YAML path, a dict (relative paths against the working folder) or a JobConfig, validated."""
     if isinstance(config, JobConfig):
         return config
     if isinstance(config, Mapping):
