@@ -54,7 +54,8 @@ class BookTracker:
         orders, left_out = [], []
         for book_id, book in self._books.items():
             if book.failed is not None:
-                left_out.append((book_id, f"not made: its chapter {book.failed} failed"))
+                what = "its item" if book.failed == book_id else f"its chapter {book.failed}"
+                left_out.append((book_id, f"not made: {what} failed"))
                 continue
             files = [(ItemFiles.of(item_id, self.output.format), item_id, title) for item_id, title in book.items]
             titles = book.book.chapter_titles

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 import zlib
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pipeline.audiobook import BOOKS_DIR, BookOrder, ChapterSource, write_audiob
 from pipeline.cli import main
 from pipeline.config import OutputConfig
 from pipeline.encoding import encode_audio
-from pipeline.object_store import LocalStore
+from pipeline.object_store import LocalStore, open_storage
 from pipeline.writer import ItemFiles
 from tests.conftest import REPO
 
@@ -217,6 +218,26 @@ def test_step_decodes_every_output_format_to_exact_chapter_times(tmp_path, fmt):
     assert [(t, s) for t, s, _ in book["chapters"]] == [(f"Part {n}", pytest.approx(s, abs=1e-3)) for n, s in enumerate(starts, 1)]
     assert receipt.record.duration_s == pytest.approx(total, abs=1e-9)
     assert "artist" not in book["tags"]  # no author: no tag
+
+
+def test_step_on_s3_writes_once_and_finds_the_book_up_to_date(s3_env, tmp_path):
+    store = open_storage(f"s3://{s3_env.bucket}/books-{uuid.uuid4().hex[:8]}")
+    rng = np.random.default_rng(1)
+    sources = [
+        _chapter_item(store, f"s/{n}", (0.1 * rng.standard_normal(RATE)).astype(np.float32), "flac", f"S{n}")
+        for n in (1, 2)
+    ]
+    order = BookOrder(book_id="s", title="S", author="A", cover=COVER, items=sources, chapter_titles=None, gap_s=0.25)
+    first = write_audiobook(store, order)
+    assert first.error is None and first.written and first.record.cover
+    path = tmp_path / "s.m4b"
+    path.write_bytes(store.get_bytes("s.m4b"))
+    book = _read_m4b(path)
+    assert [t for t, _, _ in book["chapters"]] == ["S1", "S2"] and book["cover"] == COVER
+    again = write_audiobook(store, order)
+    assert again.error is None and not again.written and again.record == first.record
+    retitled = write_audiobook(store, order.model_copy(update={"title": "S, revised"}))
+    assert retitled.written and retitled.record.digest != first.record.digest
 
 
 def test_step_fails_one_line_when_a_chapter_is_missing(tmp_path):
