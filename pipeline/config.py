@@ -237,6 +237,10 @@ class OutputConfig(Strict):
     trim: TrimConfig = TrimConfig()
     subtitles: bool = True
     save_tokens: bool = Field(default=False, description="write each chunk's tokens as a voice-preset .npz")
+    audiobook: Literal["m4b"] | None = Field(
+        default=None,
+        description="m4b: also one <book id>.m4b per EPUB and per Markdown file with headings (AAC, chapters, cover)",
+    )
 
     @field_validator("loudness", mode="before")
     @classmethod

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 
 import ray
 
+from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
+from pipeline.books import BookTracker
 from pipeline.config import JobConfig
-from pipeline.fingerprint import Fingerprinter
+from pipeline.fingerprint import Fingerprinter, ItemFingerprint
 from pipeline.ledger import Ledger
 from pipeline.manifest import new_run_id
 from pipeline.object_store import LocalStore, open_storage
@@ -132,6 +134,7 @@ class NarrationJob:
         self._sending: deque[_ItemRun] = deque()  # admitted items with chunks still to send, in order
         self._in_flight: dict[ray.ObjectRef, tuple[_ItemRun, int, ChunkRefs]] = {}  # chunk receipts
         self._finishing: dict[ray.ObjectRef, _ItemRun] = {}  # items being assembled from their parts
+        self.books = BookTracker(config.output)  # with output.audiobook: which books are whole
 
     def close(self) -> None:
         """Closes the records and gives the output's lease back (``run`` does this at its end); idempotent."""
@@ -183,6 +186,9 @@ class NarrationJob:
             if not finished:
                 self._receive_what_is_back()
             self.ledger.chunks_in_flight(len(self._in_flight))
+            if finished:
+                self._write_books()
+                finished = not self.stop_requested  # stopped while the books were made: not all done
         except StopRequested:
             self.stop_requested = True
         except BaseException:
@@ -311,10 +317,12 @@ class NarrationJob:
         ledger = self.ledger
         if not ledger.first_sighting(item.id):
             return None
+        if isinstance(item, Item):
+            self.books.admitted(item)
         try:
             spec = self.planner.spec(item)
         except ItemRejected as exc:
-            ledger.failed(item.id, exc.reason)
+            self._failed(item.id, exc.reason)
             return None
         verdict = ledger.earlier(item.id, spec.fingerprint)
         if verdict.status == "done":
@@ -322,13 +330,14 @@ class NarrationJob:
             return None
         if verdict.status == "failed":
             ledger.failed_earlier(item.id)
+            self.books.failed(item.id)
             return None
         if verdict.changed:
             ledger.redone()
         try:
             plan = self.planner.plan(spec)
         except ItemRejected as exc:
-            ledger.failed(item.id, exc.reason, exc.fingerprint)
+            self._failed(item.id, exc.reason, exc.fingerprint)
             return None
         finished = ledger.finished_chunks(item.id, spec.fingerprint, len(plan.chunks)) if len(plan.chunks) > 1 else set()
         if finished:
@@ -418,7 +427,7 @@ class NarrationJob:
         elif receipt.error is not None:
             if run.error is None:
                 run.error = receipt.error
-                self.ledger.failed(run.plan.item.id, receipt.error, run.plan.spec.fingerprint)
+                self._failed(run.plan.item.id, receipt.error, run.plan.spec.fingerprint)
         else:
             run.finished.add(index)
             self.progress.chunk_done(run.plan.item.id, receipt.audio_s)
@@ -442,9 +451,58 @@ class NarrationJob:
     def _record(self, run: _ItemRun, receipt: ItemReceipt) -> None:
         item_id = run.plan.item.id
         if receipt.error is not None:
-            self.ledger.failed(item_id, receipt.error, run.plan.spec.fingerprint)
+            self._failed(item_id, receipt.error, run.plan.spec.fingerprint)
         else:
             self.ledger.ok(receipt.entry, run.n_chunks, time.perf_counter() - run.started, run.changed)
+
+
+    def _failed(self, item_id: str, reason: str, fingerprint: ItemFingerprint | None = None) -> None:
+        self.ledger.failed(item_id, reason, fingerprint)
+        self.books.failed(item_id)
+
+    # ------------------------------------------------------------------ books
+
+    def _write_books(self) -> None:
+        """With ``output.audiobook``: once every item is settled, each book whose chapters are all ok
+        gets its ``.m4b``; a book with a failed chapter gets one line instead. Made by the writers when
+        this run started them (audio stays off the driver), else (every chapter was done before) here."""
+        if not self.books.seen:
+            return
+        if self.shard is not None:
+            self.progress.echo(
+                "audiobooks not made with --shard (a book's chapters are in several shards): "
+                "once every shard is done, run once without --shard to make them"
+            )
+            return
+        orders, left_out = self.books.orders()
+        for book_id, reason in left_out:
+            self.progress.book_failed(book_id, reason)
+        if self.writers is None:
+            for order in orders:
+                if self.stop_requested:
+                    return
+                self._book_receipt(order, write_audiobook(self.storage, order))
+            return
+        waiting = {self.writers.any().write_book.remote(order): order for order in orders}
+        while waiting and not self.stop_requested:
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=STOP_POLL_S)
+            for ref in done:
+                order = waiting.pop(ref)
+                try:
+                    receipt = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    receipt = BookReceipt(book_id=order.book_id, error=_one_line(exc))
+                self._book_receipt(order, receipt)
+
+    def _book_receipt(self, order: BookOrder, receipt: BookReceipt) -> None:
+        if receipt.error is not None:
+            self.progress.book_failed(order.book_id, receipt.error)
+            return
+        record = receipt.record
+        state = "" if receipt.written else " (unchanged)"
+        self.progress.book_done(
+            f"{order.book_id}: {record.uri}, {len(record.chapters)} chapters, {record.duration_s:.1f} s{state}"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

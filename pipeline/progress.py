@@ -37,6 +37,7 @@ class JobSummary:
     skipped: int = 0
     changed: int = 0
     failed_earlier: int = 0
+    books_failed: int = 0  # audiobooks not made (a chapter failed, or the book's own step did)
     chunks: int = 0
     audio_s: float = 0.0
     wall_s: float = 0.0
@@ -45,8 +46,9 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 only when every item of the input is done and ok in the output; else 1."""
-        return 1 if self.failed or self.stopped or self.aborted else 0
+        """0 only when every item of the input is done and ok in the output (and every audiobook
+        asked for is made); else 1."""
+        return 1 if self.failed or self.books_failed or self.stopped or self.aborted else 0
 
     @property
     def real_time_factor(self) -> float:
@@ -218,6 +220,14 @@ class Progress:
         self._close_item(item_id, ok=False)
         if self.summary.failed_earlier <= EARLIER_FAILURES_LISTED:
             self._write(f"FAILED  {item_id}: {reason or 'no reason recorded'} (recorded by an earlier run)")
+
+    def book_done(self, line: str) -> None:
+        self.echo(f"book    {line}")
+
+    def book_failed(self, book_id: str, reason: str) -> None:
+        """An audiobook not made: one line, shown even in quiet mode."""
+        self.summary.books_failed += 1
+        self._write(f"FAILED  book {book_id}: {reason}")
 
     def item_changed(self) -> None:
         self.summary.changed += 1

@@ -34,10 +34,29 @@ from markdown_it import MarkdownIt
 
 from pipeline.archives import oversize_reason
 from pipeline.config import ItemParams, LimitsConfig
-from pipeline.text import CHAPTER_BREAK, PARAGRAPH_BREAK
+from pipeline.text import CHAPTER_BREAK, PARAGRAPH_BREAK, chapters
 from workers.errors import UserError
 
 _READ_PIECE_BYTES = 1 << 20  # a text file is read a MiB at a time, up to limits.max_item_bytes
+
+
+@dataclass(frozen=True)
+class Book:
+    """The book an item belongs to, as its source reads it, for the audiobook step
+    (:mod:`pipeline.audiobook`): no second read of the source is needed there.
+
+    An EPUB's chapters are items of their own, each holding the same ``Book``
+    (``chapter_titles`` None: a chapter's title is its item's title). A Markdown
+    file with headings is one item whose chapters are in its text;
+    ``chapter_titles`` names them, one per chapter the text front end keeps
+    (the text before the first heading, when there is any, first).
+    """
+
+    id: str
+    title: str | None = None
+    author: str | None = None
+    cover: bytes | None = None  # a JPEG or PNG image, as the source holds it
+    chapter_titles: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class Item:
     title: str | None = None
     params: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    book: Book | None = None
 
 
 @dataclass(frozen=True)
@@ -269,8 +289,26 @@ def _markdown_items(file: Path, item_id: str, limits: LimitsConfig) -> Iterator[
     title = title if isinstance(title, str) else first_heading
     if not text.strip():
         yield _no_text(file, item_id)
-    else:
-        yield Item(id=item_id, text=text, title=title, params=params, extra=extra)
+        return
+    book = None
+    if first_heading is not None:  # headings make chapters: the item is a book
+        author = front.get("author")
+        book = Book(
+            id=item_id, title=title, author=author if isinstance(author, str) else None,
+            chapter_titles=_chapter_titles(text),
+        )
+    yield Item(id=item_id, text=text, title=title, params=params, extra=extra, book=book)
+
+
+def _chapter_titles(text: str) -> tuple[str | None, ...]:
+    """The heading of each chapter of ``markdown_to_text``'s text that the text front end keeps
+    (a heading is its chapter's first paragraph; the text before the first heading has none)."""
+    titles = []
+    for n, chapter in enumerate(text.split(CHAPTER_BREAK)):
+        kept = chapters(chapter)
+        if kept:
+            titles.extend([kept[0][0] if n > 0 else None] + [None] * (len(kept) - 1))
+    return tuple(titles)
 
 
 def markdown_to_text(source: str) -> tuple[str, str | None]:
@@ -335,6 +373,9 @@ def _epub_items(file: Path, book_id: str, limits: LimitsConfig) -> Iterator[Item
         yield ItemError(book_id, "file", f"{file} is not a readable EPUB: {str(exc) or type(exc).__name__}")
         return
     titles = _toc_titles(book.toc)
+    about = Book(
+        id=book_id, title=_dc_text(book, "title"), author=_dc_text(book, "creator"), cover=_cover_image(book)
+    )
     n = 0
     for document in documents:
         if document is None or document.get_type() != ebooklib.ITEM_DOCUMENT or isinstance(document, epub.EpubNav):
@@ -348,7 +389,7 @@ def _epub_items(file: Path, book_id: str, limits: LimitsConfig) -> Iterator[Item
         n += 1
         name = posixpath.normpath(document.get_name())
         title = titles.get(name) or titles.get(posixpath.basename(name)) or html.first_heading
-        yield Item(id=f"{book_id}/{n:03d}", text=text, title=title)
+        yield Item(id=f"{book_id}/{n:03d}", text=text, title=title, book=about)
     if n == 0:
         yield _no_text(file, book_id)
 
@@ -388,6 +429,29 @@ def count_epub_chapters(file: Path, limits: LimitsConfig | None = None) -> int:
 def count_file_items(file: Path, limits: LimitsConfig | None = None) -> int:
     """Items a file gives: one, or an EPUB's chapters (:func:`count_epub_chapters`)."""
     return count_epub_chapters(file, limits) if file.suffix.lower() == ".epub" else 1
+
+COVER_MEDIA_TYPES = ("image/jpeg", "image/png")  # what an audiobook's cover may be
+
+
+def _dc_text(book: epub.EpubBook, name: str) -> str | None:
+    """The first Dublin Core ``name`` (title, creator) of the book, on one line."""
+    for value, _attributes in book.get_metadata("DC", name):
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())
+    return None
+
+
+def _cover_image(book: epub.EpubBook) -> bytes | None:
+    """The cover image's bytes: the manifest's ``cover-image`` (EPUB 3), else the item the
+    ``<meta name="cover">`` names (EPUB 2); None when there is none, or it is no JPEG or PNG."""
+    candidates = list(book.get_items_of_type(ebooklib.ITEM_COVER))
+    for _value, attributes in book.get_metadata("OPF", "meta"):
+        if (attributes or {}).get("name") == "cover" and attributes.get("content"):
+            candidates.append(book.get_item_with_id(attributes["content"]))
+    for item in candidates:
+        if item is not None and getattr(item, "media_type", None) in COVER_MEDIA_TYPES and item.get_content():
+            return item.get_content()
+    return None
 
 
 def _toc_titles(toc) -> dict[str, str]:

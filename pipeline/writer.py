@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
 from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk
+from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
 from pipeline.config import OutputConfig, VoiceMode
 from pipeline.console import redact
 from pipeline.encoding import encode_audio
@@ -247,6 +248,10 @@ class ItemWriter:
         if receipt.error is None:
             remove_parts(self.storage, key)
         return receipt
+
+    def write_book(self, order: BookOrder) -> BookReceipt:
+        """A book's audiobook, from its chapters already in the output (:mod:`pipeline.audiobook`)."""
+        return write_audiobook(self.storage, order)
 
     def _write(self, order: ItemOrder, parts: list[ChunkPart]) -> ItemReceipt:
         """Writes the item's objects, metadata last; a storage fault, or metadata that cannot be written
