@@ -30,11 +30,11 @@ from pipeline.manifest import new_run_id
 from pipeline.object_store import LocalStore, open_storage
 from pipeline.storage import MANIFEST_NAME, item_key
 from tests.conftest import REPO
+from tests.lease_taker import HOLD_S, take_in_process
 from tests.test_dataset_jobs import GOOD, _job_config, _jsonl, _run_in_thread
 
 SHORT = LeaseConfig(expiry_s=0.4)  # renewed every 0.1 s
 TAKERS = 6
-HOLD_S = 3.0
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -196,23 +196,11 @@ def test_a_local_lease_whose_file_is_removed_is_lost(tmp_path):
     lease.release()
 
 
-def _take_in_process(output: str, start, results) -> None:
-    start.wait()  # every taker (and the test) has imported everything and stands at the line
-    try:
-        lease = take_lease(LocalStore(output), new_run_id(), LeaseConfig())
-    except LeaseHeld:
-        results.put("refused")
-        return
-    results.put("won")
-    time.sleep(HOLD_S)
-    lease.release()
-
-
 def test_of_many_processes_exactly_one_takes_a_local_lease(tmp_path):
     """flock, not a per-process lock: separate processes, started together, one winner."""
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(TAKERS + 1), context.Queue()
-    takers = [context.Process(target=_take_in_process, args=(str(tmp_path / "out"), start, results)) for _ in range(TAKERS)]
+    takers = [context.Process(target=take_in_process, args=(str(tmp_path / "out"), start, results)) for _ in range(TAKERS)]
     for process in takers:
         process.start()
     start.wait(timeout=120)
