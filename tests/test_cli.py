@@ -359,7 +359,7 @@ def test_console_has_our_lines_only_with_ids_escaped_and_secrets_redacted(tmp_pa
 def test_a_fault_after_narration_began_exits_1_not_2(tmp_path, tiny_model_dir):
     """A .jsonl.gz cut short: the rows before the cut are narrated, then reading fails. With
     --verbose Ray's own lines are shown, but not its colour codes, since this is not a terminal."""
-    rows = [{"id": f"r{n}", "text": f"Row {n} is read aloud."} for n in range(40)]
+    rows = [{"id": f"r{n}", "text": f"Row {n} is read aloud."} for n in range(8)]
     data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
     source = tmp_path / "rows.jsonl.gz"
     source.write_bytes(data[: len(data) * 3 // 4])
