@@ -26,9 +26,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
+
 from pipeline.config import AddressMode
-from pipeline.text import CUE, graphemes, normalize_text
+from pipeline.text import CUE, normalize_text
 
 # Three or more symbols in a row are decoration (a rule, a rating, ASCII art); one or two
 # can be read ("1 + 2", "$5", "->").
@@ -64,6 +66,12 @@ _SEPARATOR_WORDS = {
 }
 _REMOVED = "\x00"  # stands for a removed character until the gaps are closed (normalised text has no NUL)
 _OPENING = "([{\"'“‘«¿¡「『（【"
+_COUNTED = ("unknown", "symbol", "text")  # what carries text: not spaces, punctuation, cues or marks
+_ZWJ = "\u200d"
+# Variation selectors, skin tones and tag characters: like marks, part of the character before them.
+_ATTACHED_RANGES = ((0xFE00, 0xFE0F), (0x1F3FB, 0x1F3FF), (0xE0020, 0xE007F))
+# A character with its marks, or a ZWJ sequence (one emoji): {marks} is the class of marks found.
+_CLUSTER_OF = "\\S(?:{marks}|\u200d\\S)+"
 _GAP = re.compile(rf"( ?)({_REMOVED}+(?: +{_REMOVED}+)*)")
 
 
@@ -83,32 +91,65 @@ class SpeechText:
 def speech_text(
     text: str, *, urls: AddressMode = "speak", language: str = "en", is_unknown: Callable[[str], bool] = lambda _: False
 ) -> SpeechText:
-    """The normalised ``text`` (normalised again on the way out) with addresses handled per ``urls``, symbol runs and unknown
-    characters removed; ``is_unknown`` says whether the tokenizer maps a character (a grapheme:
-    a letter with its marks, a whole emoji) to ``[UNK]``."""
+    """The normalised ``text`` with addresses handled per ``urls`` and symbol runs and unknown
+    characters removed (normalised again on the way out). ``is_unknown`` says whether the
+    tokenizer maps a character, or a cluster (a letter with its marks, a whole emoji), to ``[UNK]``.
+
+    Each distinct character is looked at once and the text is changed by regular expressions
+    built from what was found, so a book costs about what normalising it does.
+    """
     text = spoken_addresses(text, urls, language)
-    cue_chars = {i for m in CUE.finditer(text) for i in range(*m.span())}
-    units, position = [], 0  # (grapheme, kind) with kind: space, cue, unknown, symbol, text
-    for g in graphemes(text):
-        if g.isspace():
-            kind = "space"
-        elif position in cue_chars or g in BARK_CUE_CHARS:
-            kind = "cue"
-        elif is_unknown(g):
-            kind = "unknown"
-        elif g[0] in _DECORATION or unicodedata.category(g[0]).startswith("S"):
-            kind = "symbol"
-        else:
-            kind = "punctuation" if unicodedata.category(g[0]).startswith("P") else "text"
-        units.append((g, kind))
-        position += len(g)
-    counted = sum(kind in ("unknown", "symbol", "text") for _, kind in units)
-    unknown = sum(kind == "unknown" for _, kind in units)
-    remove = [kind == "unknown" for _, kind in units]
-    for start, end in _symbol_runs([kind for _, kind in units]):
-        remove[start:end] = [True] * (end - start)
-    marked = "".join(_REMOVED if gone else g for (g, _), gone in zip(units, remove))
-    return SpeechText(normalize_text(_close_gaps(marked)), counted, unknown)
+    kinds = {ch: _kind(ch, is_unknown) for ch in set(text)}
+    counts = Counter(text)
+    counted = sum(n for ch, n in counts.items() if kinds[ch] in _COUNTED)
+    unknown = sum(n for ch, n in counts.items() if kinds[ch] == "unknown")
+    for cue in CUE.finditer(text):  # a cue is said as Bark's cue, not read as text
+        counted -= sum(kinds[ch] in _COUNTED for ch in cue.group())
+        unknown -= sum(kinds[ch] == "unknown" for ch in cue.group())
+    of_kind = {kind: "".join(sorted(ch for ch, k in kinds.items() if k == kind)) for kind in ("unknown", "symbol", "attached")}
+    clusters = _CLUSTER_OF.format(marks=_char_class(of_kind["attached"].replace(_ZWJ, ""))) if of_kind["attached"] else None
+    removable = _char_class(of_kind["unknown"] + of_kind["symbol"] + _REMOVED)
+    symbol_run = re.compile(f"{removable}(?: ?{removable}){{{MIN_SYMBOL_RUN - 1},}}")
+
+    def clean(segment: str) -> str:
+        nonlocal counted, unknown
+        if clusters:
+            for cluster in re.finditer(clusters, segment):
+                if is_unknown(cluster.group()) and kinds[cluster.group()[0]] != "unknown":
+                    unknown += 1  # a known letter whose marks the tokenizer cannot read with it
+            segment = re.sub(clusters, lambda m: _REMOVED if is_unknown(m.group()) else m.group(), segment)
+        if of_kind["unknown"]:
+            segment = re.sub(_char_class(of_kind["unknown"]), _REMOVED, segment)
+        return symbol_run.sub(_REMOVED, segment)
+
+    pieces, start = [], 0
+    for cue in CUE.finditer(text):
+        pieces += [clean(text[start : cue.start()]), cue.group()]
+        start = cue.end()
+    pieces.append(clean(text[start:]))
+    return SpeechText(normalize_text(_close_gaps("".join(pieces))), counted, unknown)
+
+
+def _kind(ch: str, is_unknown: Callable[[str], bool]) -> str:
+    """What one character is: space, cue, attached (a mark, ZWJ, variation selector, skin tone,
+    tag: part of the character before it), unknown, symbol, punctuation or text."""
+    category = unicodedata.category(ch)
+    if ch.isspace():
+        return "space"
+    if ch in BARK_CUE_CHARS:
+        return "cue"
+    if category[0] == "M" or ch == _ZWJ or any(low <= ord(ch) <= high for low, high in _ATTACHED_RANGES):
+        return "attached"
+    if is_unknown(ch):
+        return "unknown"
+    if ch in _DECORATION or category[0] == "S":
+        return "symbol"
+    return "punctuation" if category[0] == "P" else "text"
+
+
+def _char_class(chars: str) -> str:
+    """A regex class of exactly ``chars``; one that matches nothing when there are none."""
+    return "[" + "".join(re.escape(ch) for ch in chars) + "]" if chars else "(?!)"
 
 
 def spoken_addresses(text: str, mode: AddressMode, language: str = "en") -> str:
@@ -138,21 +179,6 @@ def _said(address: str, words: tuple[str, ...]) -> str:
         else:
             parts.extend(re.findall(r"[^\W_]+", part))
     return " ".join(parts)
-
-
-def _symbol_runs(kinds: list[str]) -> list[tuple[int, int]]:
-    """Spans of at least :data:`MIN_SYMBOL_RUN` symbols (unknown ones count too), single spaces allowed between."""
-    runs, start, count, last = [], None, 0, None
-    for i, kind in enumerate([*kinds, "end"]):
-        if kind in ("symbol", "unknown"):
-            start, count, last = (i if start is None else start), count + 1, i
-        elif kind == "space" and start is not None and kinds[i - 1] != "space":
-            continue
-        else:
-            if start is not None and count >= MIN_SYMBOL_RUN:
-                runs.append((start, last + 1))
-            start, count = None, 0
-    return runs
 
 
 def _close_gaps(text: str) -> str:

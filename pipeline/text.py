@@ -335,13 +335,6 @@ def _word_cuts(text: str) -> list[int]:
     return cuts
 
 
-def graphemes(text: str) -> list[str]:
-    """The characters of ``text`` as a reader sees them: each with its combining marks, variation
-    selectors and skin tones, and a ZWJ sequence (one emoji) whole."""
-    bounds = [0, *_grapheme_cuts(text), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
-
-
 def _grapheme_cuts(text: str) -> list[int]:
     """Every position except inside a character and its combining marks or a ZWJ sequence."""
     return [
