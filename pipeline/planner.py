@@ -130,6 +130,7 @@ class TextEncoder:
 
 
 def text_encoder(tokenizer) -> TextEncoder:
+    """The encoder the job and ``plan`` both give the planner, so both make the same [UNK] checks."""
     return TextEncoder(tokenizer)
 
 
