@@ -36,6 +36,10 @@ class StagesConfig(Strict):
         return getattr(self, stage)
 
 
+# How URLs, e-mail addresses and <placeholders> are read (pipeline.speech).
+AddressMode = Literal["speak", "drop", "keep"]
+
+
 class TextConfig(Strict):
     """Chunk budget: each chunk stays inside Bark's ~13 s window, and inside the semantic
     model's text window (``max_input_semantic_length``, 256 tokens; checked against the
@@ -45,6 +49,21 @@ class TextConfig(Strict):
     max_tokens: int = Field(default=200, ge=1)
     language: str = Field(
         default="auto", description="ISO 639-1 code for the sentence splitter; 'auto' guesses from the script"
+    )
+    urls: AddressMode = Field(
+        default="speak",
+        description="URLs, e-mail addresses and <placeholders>: 'speak' says them as words "
+        "(https://www.gnu.org/licenses/ is 'gnu dot org slash licenses'), 'drop' leaves them out, 'keep' as written",
+    )
+    # More than half: then more of the text is unknown to the tokenizer than known, so what is
+    # left once the unknown characters are removed no longer says what the text says, and what
+    # Bark makes of [UNK] tokens is noise (two of them made 15 s of it).
+    max_unknown_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="an item whose characters, or a chunk whose tokens, are more than this share [UNK] "
+        "(emoji, symbols the tokenizer does not know) fails instead of being narrated",
     )
 
 

@@ -40,6 +40,7 @@ FINGERPRINT_PREFIX = "fp1:"  # bump when what goes into a fingerprint changes me
 DIGEST_HEX = 32  # 128 bits: enough to tell apart every item a job will ever see
 NO_VOICE = "random"
 UNKNOWN_CHANGE = "input or settings"
+_SPEECH_SETTINGS = {"urls", "max_unknown_share"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,11 @@ class Fingerprinter:
         self.model = model_identity(config, checkpoint_dir)
         self.settings = _json_digest(
             {
-                "text": config.text.model_dump(),
+                # The text settings added with pipeline.speech only when set, so earlier fingerprints hold.
+                "text": {
+                    **config.text.model_dump(exclude=_SPEECH_SETTINGS),
+                    **config.text.model_dump(include=_SPEECH_SETTINGS, exclude_defaults=True),
+                },
                 "output": {
                     "format": output.format,
                     "sample_rate": output.sample_rate,

@@ -20,12 +20,15 @@ from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
 from pipeline.fingerprint import Fingerprinter, ItemFingerprint
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
-from pipeline.text import TextChunk, detect_language, make_chunks
+from pipeline.speech import SpeechText, speech_text
+from pipeline.text import TextChunk, detect_language, make_chunks, normalize_text
 from pipeline.voices import VoiceError, load_item_voice, load_voice
 from workers.config import SamplingSet
 from workers.records import VoicePrompt
 from workers.settings import BarkSettings
 
+UNKNOWN_CACHE_CHARS = 65_536  # characters whose [UNK]-ness is kept: a book's distinct characters, CJK included
+SNIPPET_CHARS = 40  # of a chunk's text, quoted in its failure
 TOKEN_CACHE_TEXTS = 4096  # recent texts whose token ids are kept (a chunk is counted when packed, encoded when sent)
 
 
@@ -111,9 +114,24 @@ def last_followers(sources: list[int | None]) -> dict[int, int]:
     return last
 
 
-def text_encoder(tokenizer) -> Callable[[str], list[int]]:
-    """A text's token ids as Bark's semantic stage reads them: the tokenizer's, without special tokens."""
-    return lambda text: tokenizer.encode(text, add_special_tokens=False)
+@dataclass(frozen=True)
+class TextEncoder:
+    """A text's token ids as Bark's semantic stage reads them (the tokenizer's, without special
+    tokens), and the id of ``[UNK]``, which the planner counts."""
+
+    tokenizer: object
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @property
+    def unknown_id(self) -> int | None:
+        return self.tokenizer.unk_token_id
+
+
+def text_encoder(tokenizer) -> TextEncoder:
+    """The encoder the job and ``plan`` both give the planner, so both make the same [UNK] checks."""
+    return TextEncoder(tokenizer)
 
 
 class Planner:
@@ -130,6 +148,9 @@ class Planner:
             raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
         self.default_voice = load_voice(config.voice, settings, config.limits) if config.voice else None
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(lambda text: tuple(encode(text)))
+        # A plain function (tests of other things) has no [UNK] id: nothing is then counted as unknown.
+        self.unknown_id = encode.unknown_id if isinstance(encode, TextEncoder) else None
+        self._unknown = functools.lru_cache(maxsize=UNKNOWN_CACHE_CHARS)(lambda g: self.unknown_id in encode(g))
 
     def token_ids(self, text: str) -> tuple[int, ...]:
         """Tokenizer ids, cached: the chunker counts a chunk's tokens and the stage then needs them."""
@@ -168,14 +189,24 @@ class Planner:
         language = text_config.language
         if language == "auto":
             language = detect_language(spec.item.text)
+        spoken = self.speech(spec.item.text, language)
+        limit = text_config.max_unknown_share
+        if spoken.unknown_share > limit:
+            raise ItemRejected(
+                f"text: {spoken.unknown} of its {spoken.counted} characters are unknown to the tokenizer "
+                f"([UNK]: emoji, symbols), over text.max_unknown_share ({limit:g})",
+                spec.fingerprint,
+            )
         try:
             chunks = make_chunks(
-                spec.item.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, language
+                spoken.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, language
             )
         except ValueError as exc:
             raise ItemRejected(f"text: {exc}", spec.fingerprint) from None
         if not chunks:
             raise ItemRejected("text: empty after cleaning", spec.fingerprint)
+        for chunk in chunks:
+            self._check_unknown_tokens(chunk, spec)
         sources = history_sources(len(chunks), spec.voice_mode, spec.voice_reset_every, spec.voice is not None)
         return ItemPlan(
             spec=spec,
@@ -185,6 +216,32 @@ class Planner:
             sources=tuple(sources),
             last_follower=last_followers(sources),
         )
+
+    def speech(self, text: str, language: str) -> SpeechText:
+        """The item's text as Bark should read it (:func:`pipeline.speech.speech_text`), with this
+        job's tokenizer deciding what is ``[UNK]``."""
+        return speech_text(
+            normalize_text(text), urls=self.config.text.urls, language=language, is_unknown=self._is_unknown
+        )
+
+    def _is_unknown(self, grapheme: str) -> bool:
+        return self.unknown_id is not None and self._unknown(grapheme)
+
+    def _check_unknown_tokens(self, chunk: TextChunk, spec: ItemSpec) -> None:
+        """A chunk whose tokens are mostly ``[UNK]`` (words the tokenizer cannot spell out of its
+        pieces, though each character is known) fails its item, as a mostly unknown text does."""
+        if self.unknown_id is None:
+            return
+        ids = self.token_ids(chunk.text)
+        unknown = ids.count(self.unknown_id)
+        limit = self.config.text.max_unknown_share
+        if ids and unknown / len(ids) > limit:
+            snippet = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS] + "..."
+            raise ItemRejected(
+                f"text: chunk {chunk.index} ({snippet!r}) is {unknown} of {len(ids)} tokens [UNK], "
+                f"over text.max_unknown_share ({limit:g})",
+                spec.fingerprint,
+            )
 
     def _item_voice(self, spec: str) -> VoicePrompt:
         """An item's own voice: a preset or a file in ``voices_dir``, unless the job allows any path."""

@@ -83,6 +83,18 @@ _DOTTED_ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # e.g, i.e, U.S, 
 # any abbreviation, title or run of closing marks that the rules look at.
 _SENTENCE_CONTEXT_CHARS = 100
 
+# List enumerators and bullets: "1.", "2)", "a)", "(iv)", "IV.", "•", "-". Each belongs to the
+# start of the item it numbers: a chunk that ended in "1." would have Bark say "one" and pause.
+ENUMERATOR = re.compile(r"\(?(?:\d{1,3}|[^\W\d_]|[ivxlcdm]{2,7}|[IVXLCDM]{2,7})[.)]|[•‣◦⁃∙▪●■*-]")
+# An enumerator that may start a list item: a word of its own, or right after CJK punctuation.
+_ENUMERATOR_AT = re.compile(rf"(?:(?<!\S)|(?<=[。！？：；]))(?:{ENUMERATOR.pattern})(?=\s)")
+# Before a list: a lead-in clause ("... are met: 1.", closing marks may follow the colon), or
+# a CJK full stop, which always ends a sentence ("第一条。2.").
+_LEAD_IN = re.compile(rf"[:;：；。！？][{re.escape(_CLOSERS)}]*$")
+# A sentence end that sentencex may not propose: before a lowercase item ("notices. b) It").
+# Not before a letter and a period ("z. B.", "U. S."): only a real sentence end starts that item.
+_END_BEFORE_ITEM = re.compile(rf"[.!?‽](?=\s+(?![^\W\d_]\.)(?:{ENUMERATOR.pattern})\s)")
+
 # Clause marks, cut after: , ; : — – only before a space (not 3,000, 10:30 or
 # 1990–2000: cuts stay between words); CJK marks anywhere, CJK has no spaces.
 _CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
@@ -209,7 +221,8 @@ def _sentence_cuts(text: str, language: str) -> list[int]:
     language = language.split("-")[0].lower()  # "de-DE": sentencex knows "de" only
     found = {b["end_index"] for b in sentencex.get_sentence_boundaries(language, text)}
     found |= {m.end() for m in _CLOSED_END.finditer(text)}
-    cuts = []
+    found |= {m.end() for m in _END_BEFORE_ITEM.finditer(text)}
+    ends = set()
     for cut in sorted(found):
         while cut < len(text) and text[cut] in _CLOSERS and not text[cut - 1].isspace():
             cut += 1  # a closing mark ends the sentence it closes
@@ -218,8 +231,38 @@ def _sentence_cuts(text: str, language: str) -> list[int]:
             # would copy it once per cut (quadratic on one long paragraph).
             start = max(0, cut - _SENTENCE_CONTEXT_CHARS)
             if _is_sentence_end(text[start : cut + _SENTENCE_CONTEXT_CHARS], cut - start, language):
-                cuts.append(cut)
-    return cuts
+                ends.add(cut)
+    items = _list_items(text, ends)
+    # A list item starts a sentence ("... are met: 1. The work ..."), and sentencex's end after
+    # its enumerator ("met: 1.|") is moved to before it: the "1." goes with what it numbers.
+    numbers_end = set(items.values())
+    return sorted(c for c in ends | set(items) if c > 0 and _unspaced(text, c) not in numbers_end)
+
+
+def _unspaced(text: str, cut: int) -> int:
+    """``cut`` moved back over the whitespace before it (a bounded stretch)."""
+    head = text[max(0, cut - _SENTENCE_CONTEXT_CHARS) : cut]
+    return cut - (len(head) - len(head.rstrip()))
+
+
+def _list_items(text: str, ends: set[int]) -> dict[int, int]:
+    """Where the list items of ``text`` start, and where their enumerators end: an enumerator
+    or bullet standing as a word of its own at the paragraph's start, after a lead-in clause
+    ("are met: 1.", "如下：1.") or after a sentence end in ``ends`` (not "Dr." in "Dr. A. Smith")."""
+    items = {}
+    for match in _ENUMERATOR_AT.finditer(text):
+        start = match.start()
+        head_start = max(0, start - _SENTENCE_CONTEXT_CHARS)
+        head = text[head_start:start].rstrip()
+        after_end = any(cut in ends for cut in range(head_start + len(head), start + 1))  # only spaces between
+        if not head and head_start == 0 or after_end or _LEAD_IN.search(head):
+            items[start] = match.end()
+    return items
+
+
+def _starts_with_enumerator(text: str) -> bool:
+    words = text.split(maxsplit=2)
+    return len(words) > 1 and bool(ENUMERATOR.fullmatch(words[0]))
 
 
 def _is_sentence_end(text: str, cut: int, language: str) -> bool:
@@ -234,8 +277,8 @@ def _is_sentence_end(text: str, cut: int, language: str) -> bool:
     if before[-1] in "」』" and after.startswith(_QUOTATIVE):
         return False
     first = _LEADING_NOISE.match(text, cut).end()
-    if first < len(text) and text[first].islower():
-        return False  # "... and then", "e.g. apples", "Т. е. всё"
+    if first < len(text) and text[first].islower() and not _starts_with_enumerator(after):
+        return False  # "... and then", "e.g. apples", "Т. е. всё"; not "... notices. b) The"
     if not before.rstrip(_CLOSERS).endswith(".") or before.rstrip(_CLOSERS).endswith(".."):
         return True
     word = before.rstrip(_CLOSERS)[:-1].split()[-1:] or [""]
@@ -391,6 +434,10 @@ def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0)
         run = _longest_fitting_run(text, words, ends, first, budget)
         if run is not None:
             last, n_tokens = run
+            if first < last < len(pieces) - 1 and ENUMERATOR.fullmatch(text[slice(*words[last])]):
+                # A run that would end in "1." or "-" leaves it to the item it numbers.
+                last -= 1
+                n_tokens = budget.measure(text[words[first][0] : words[last][1]])
             packed.append(((words[first][0], words[last][1]), n_tokens))
             first = last + 1
             continue

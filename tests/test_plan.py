@@ -297,3 +297,27 @@ def test_many_items_show_totals_and_the_items_with_most_chunks(tmp_path, tiny_mo
     assert [line.split()[0] for line in table[1:-1]] == most
     assert [int(line.split()[1]) for line in table[1:-1]] == [per_item[i] for i in most]
     assert table[-1].split()[:2] == ["total", str(len(chunks))]
+
+
+def test_a_mostly_unknown_row_is_listed_with_the_jobs_reason_and_urls_are_planned_as_spoken(tmp_path, tiny_model_dir):
+    """The [UNK] check and the spoken form come from the job's own planner: the plan shows both."""
+    rows = [
+        {"id": "link", "text": "The licence is at <https://www.gnu.org/licenses/>."},
+        {"id": "emoji", "text": "😀🎉👍"},
+        {"id": "fine", "text": "Thanks a lot 😀!"},
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = _config(tmp_path, tiny_model_dir)
+
+    result = _plan("--config", str(config), "--input", str(data), "--chunks")
+
+    assert result.returncode == 1, result.stderr
+    job = load_config(config)
+    chunks, failures = _expected(_planner(config, tiny_model_dir), iter_dataset_items(str(data), job.input.columns, limits=job.limits))
+    assert failures == [("emoji", "text: 3 of its 3 characters are unknown to the tokenizer ([UNK]: emoji, symbols), "
+                                  "over text.max_unknown_share (0.5)")]
+    listed = result.stdout.split("would fail (1):\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split(maxsplit=1) for line in listed] == [list(failures[0])]
+    assert _chunk_lines(result.stdout) == chunks
+    assert [c[3] for c in chunks] == ["The licence is at gnu dot org slash licenses.", "Thanks a lot!"]
