@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.config import AddressMode
