@@ -9,6 +9,7 @@ each item's metadata now records a fingerprint of:
   so an edited ``.npz`` under the same path counts as a new voice (no voice: a
   random one, fixed by the seed);
 - its seed, voice mode and reset interval, and its merged sampling settings;
+- its language when the item names its own (a detected one follows from its text);
 - the job's settings that change the audio: ``text`` (chunking), ``output``
   format, rate, silences, fades and trim, and each stage's ``dtype``;
 - the model's identity: source, format, revision, tokenizer and codec, plus a
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import JobConfig
+from pipeline.languages import DEFAULT_LANGUAGE
 from workers.config import STAGE_NAMES, SamplingSet
 from workers.records import VoicePrompt
 
@@ -119,11 +121,12 @@ class Fingerprinter:
     """Computes item fingerprints; the job-wide parts are computed once."""
 
     def __init__(self, config: JobConfig, checkpoint_dir: Path | None) -> None:
-        output = config.output
+        output, text = config.output, config.text
         self.model = model_identity(config, checkpoint_dir)
         self.settings = _json_digest(
             {
-                "text": config.text.model_dump(),
+                # The fallback language only when changed, so the fingerprints made before it hold.
+                "text": config.text.model_dump(exclude={"default_language"} if text.default_language == DEFAULT_LANGUAGE else None),
                 "output": {
                     "format": output.format,
                     "sample_rate": output.sample_rate,
@@ -147,6 +150,7 @@ class Fingerprinter:
         sampling: SamplingSet,
         voice_mode: str,
         voice_reset_every: int | None,
+        language: str | None = None,
     ) -> ItemFingerprint:
         parts = {
             "text": _digest(text.encode("utf-8", "surrogatepass")),
@@ -157,6 +161,8 @@ class Fingerprinter:
             "settings": self.settings,
             "model": self.model,
         }
+        if language is not None:  # the item's own (a detected one follows from its text and the settings)
+            parts["language"] = language
         return ItemFingerprint(FINGERPRINT_PREFIX + _json_digest(parts), parts)
 
 
