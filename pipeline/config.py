@@ -21,6 +21,7 @@ from workers.config import (  # the stage-facing parts
     StageName,
     Strict,
 )
+from pipeline.languages import AUTO, DEFAULT_LANGUAGE, check_language
 from workers.errors import UserError
 
 PlacementStrategy = Literal["none", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -48,7 +49,9 @@ class TextConfig(Strict):
     max_chars: int = Field(default=220, ge=1)
     max_tokens: int = Field(default=200, ge=1)
     language: str = Field(
-        default="auto", description="ISO 639-1 code for the sentence splitter; 'auto' guesses from the script"
+        default=AUTO,
+        description="every item's language (one of Bark's 13 ISO 639-1 codes), unless the item names its own; "
+        "'auto': detect each item's",
     )
     urls: AddressMode = Field(
         default="speak",
@@ -65,6 +68,19 @@ class TextConfig(Strict):
         description="an item whose characters, or a chunk whose tokens, are more than this share [UNK] "
         "(emoji, symbols the tokenizer does not know) fails instead of being narrated",
     )
+    default_language: str = Field(
+        default=DEFAULT_LANGUAGE, description="auto: the language of an item whose text does not tell (short, ambiguous)"
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        return value if value == AUTO else check_language(value)
+
+    @field_validator("default_language")
+    @classmethod
+    def _default_language(cls, value: str) -> str:
+        return check_language(value)
 
 
 class ColumnsConfig(Strict):
@@ -81,20 +97,23 @@ class ColumnsConfig(Strict):
     text: str = Field(default="text", min_length=1)
     voice: str | None = Field(default="voice", min_length=1)
     params: str | None = Field(default="params", min_length=1)
+    language: str | None = Field(default="language", min_length=1, description="the row's language code")
     extra: list[str] | Literal["*"] = "*"
 
     @property
     def named(self) -> list[str]:
-        """The columns with a role, in order: id, text, and voice and params when set."""
-        return [c for c in (self.id, self.text, self.voice, self.params) if c is not None]
+        """The columns with a role, in order: id, text, and voice, params and language when set."""
+        return [c for c in (self.id, self.text, self.voice, self.params, self.language) if c is not None]
 
     @model_validator(mode="after")
     def _distinct(self) -> ColumnsConfig:
         named = self.named
         if len(set(named)) != len(named):
-            raise ValueError(f"id, text, voice and params must be different columns, got {named}")
+            raise ValueError(f"id, text, voice, params and language must be different columns, got {named}")
         if self.extra != "*" and set(self.extra) & set(named):
-            raise ValueError(f"extra must not repeat id/text/voice/params columns: {sorted(set(self.extra) & set(named))}")
+            raise ValueError(
+                f"extra must not repeat id/text/voice/params/language columns: {sorted(set(self.extra) & set(named))}"
+            )
         return self
 
 
@@ -392,9 +411,15 @@ class ItemParams(Strict):
     voice_mode: VoiceMode | None = None
     voice_reset_every: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=0)
+    language: str | None = Field(default=None, description="the item's language, one of Bark's 13 codes")
     sampling: dict[Literal["semantic", "coarse", "fine"], dict] | None = Field(
         default=None, description="per-stage overrides merged over the job's sampling, e.g. {semantic: {temperature: 0.6}}"
     )
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return value if value is None else check_language(value)
 
 
 class JobConfig(Strict):
@@ -411,7 +436,14 @@ class JobConfig(Strict):
     writer: WriterConfig = WriterConfig()
     ray: RayConfig = RayConfig()
     placement: PlacementConfig = PlacementConfig()
-    voice: str | None = Field(default=None, description="preset name or .npz path; null: random voice")
+    voice: str | None = Field(
+        default=None,
+        description="preset name or .npz path; null: random voice. A v2/<xx>_speaker_N preset follows each item's "
+        "language: a German item gets v2/de_speaker_N",
+    )
+    voice_by_language: dict[str, str] = Field(
+        default_factory=dict, description="the voice of an item with none of its own, per language: {de: v2/de_speaker_3}"
+    )
     voices_dir: Path | None = Field(
         default=None,
         description="where an item's own voice files are (relative to this config's folder): an item naming "
@@ -429,6 +461,13 @@ class JobConfig(Strict):
         default=None, ge=1, description="chained: go back to the item's voice every N chunks"
     )
     seed: int = Field(default=0, ge=0)
+
+    @field_validator("voice_by_language")
+    @classmethod
+    def _voice_languages(cls, value: dict[str, str]) -> dict[str, str]:
+        for language in value:
+            check_language(language)
+        return value
 
 
 class ConfigError(UserError):

@@ -564,13 +564,12 @@ def row_item(row: Mapping, where: str, columns: ColumnsConfig, limits: LimitsCon
     if not text.strip():
         return ItemError(item_id, "text", f"{columns.text!r} is empty" + (" (only whitespace)" if text else ""))
 
-    voice = row.get(columns.voice) if columns.voice else None
-    if isinstance(voice, str):
-        if _unencodable(voice):
-            return ItemError(item_id, "voice", f"{columns.voice!r} is not valid UTF-8")
-        voice = voice.strip() or None  # an empty CSV cell is no voice
-    elif voice is not None:
-        return ItemError(item_id, "voice", f"{columns.voice!r} must be a string, got {_kind(voice)}")
+    voice, problem = _optional_string(row, columns.voice)
+    if problem:
+        return ItemError(item_id, "voice", problem)
+    language, problem = _optional_string(row, columns.language)  # its code is checked with the item's settings
+    if problem:
+        return ItemError(item_id, "language", problem)
 
     params = _params(row.get(columns.params) if columns.params else None)
     if isinstance(params, str):
@@ -587,7 +586,19 @@ def row_item(row: Mapping, where: str, columns: ColumnsConfig, limits: LimitsCon
         problem = plain_metadata({name: value}, limits.max_metadata_depth)
         if isinstance(problem, str):
             return ItemError(item_id, name, problem)
-    return _make_item(id=item_id, text=text, voice=voice, params=params, extra=extra)
+    return _make_item(id=item_id, text=text, voice=voice, language=language, params=params, extra=extra)
+
+
+def _optional_string(row: Mapping, column: str | None) -> tuple[str | None, str | None]:
+    """An optional column's string cell, stripped (None: no column, an empty cell), or the reason it is unusable."""
+    value = row.get(column) if column else None
+    if isinstance(value, str):
+        if _unencodable(value):
+            return None, f"{column!r} is not valid UTF-8"
+        return value.strip() or None, None  # an empty CSV cell is no value
+    if value is not None:
+        return None, f"{column!r} must be a string, got {_kind(value)}"
+    return None, None
 
 
 def _id_problem(value, name: str) -> str | None:

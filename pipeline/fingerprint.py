@@ -9,6 +9,7 @@ each item's metadata now records a fingerprint of:
   so an edited ``.npz`` under the same path counts as a new voice (no voice: a
   random one, fixed by the seed);
 - its seed, voice mode and reset interval, and its merged sampling settings;
+- its language when the item names its own (a detected one follows from its text);
 - the job's settings that change the audio: ``text`` (chunking), ``output``
   format, rate, silences, fades and trim, and each stage's ``dtype``;
 - the model's identity: source, format, revision, tokenizer and codec, plus a
@@ -40,7 +41,8 @@ FINGERPRINT_PREFIX = "fp1:"  # bump when what goes into a fingerprint changes me
 DIGEST_HEX = 32  # 128 bits: enough to tell apart every item a job will ever see
 NO_VOICE = "random"
 UNKNOWN_CHANGE = "input or settings"
-_SPEECH_SETTINGS = {"urls", "max_unknown_share"}
+# Text settings added after fingerprints were first kept: in a fingerprint only when set, so earlier ones hold.
+_LATER_TEXT_SETTINGS = {"urls", "max_unknown_share", "default_language"}
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,9 @@ class Fingerprinter:
         self.model = model_identity(config, checkpoint_dir)
         self.settings = _json_digest(
             {
-                # The text settings added with pipeline.speech only when set, so earlier fingerprints hold.
                 "text": {
-                    **config.text.model_dump(exclude=_SPEECH_SETTINGS),
-                    **config.text.model_dump(include=_SPEECH_SETTINGS, exclude_defaults=True),
+                    **config.text.model_dump(exclude=_LATER_TEXT_SETTINGS),
+                    **config.text.model_dump(include=_LATER_TEXT_SETTINGS, exclude_defaults=True),
                 },
                 "output": {
                     "format": output.format,
@@ -152,6 +153,7 @@ class Fingerprinter:
         sampling: SamplingSet,
         voice_mode: str,
         voice_reset_every: int | None,
+        language: str | None = None,
     ) -> ItemFingerprint:
         parts = {
             "text": _digest(text.encode("utf-8", "surrogatepass")),
@@ -162,6 +164,8 @@ class Fingerprinter:
             "settings": self.settings,
             "model": self.model,
         }
+        if language is not None:  # the item's own (a detected one follows from its text and the settings)
+            parts["language"] = language
         return ItemFingerprint(FINGERPRINT_PREFIX + _json_digest(parts), parts)
 
 

@@ -53,6 +53,8 @@ class ItemLine:
     chars: int
     speech_s: float  # what the stages generate
     audio_s: float  # with the silences the writer puts between chunks
+    language: str  # the item's own, the job's or detected (Planner.spec)
+    voice: str | None  # the voice it is narrated in; None: a random one
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ def plan_items(
                 chars=sum(len(c.text) for c in plan.chunks),
                 speech_s=speech,
                 audio_s=speech + pauses,
+                language=plan.language,
+                voice=plan.voice_name,
             )
             _add(report, line, plan)
     return report

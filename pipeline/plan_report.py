@@ -12,6 +12,8 @@ from pipeline.console import escape_controls
 from pipeline.plan import CHARS_PER_SECOND, LISTED_ITEMS, ItemLine, JobPlan
 from pipeline.planner import ItemPlan
 
+RANDOM_VOICE = "random"  # how the table shows an item with no voice
+
 
 def chunk_lines(plan: ItemPlan) -> list[str]:
     """Every chunk of one item: ``id #index  tokens  text``, aligned within the item."""
@@ -33,10 +35,10 @@ def text_lines(report: JobPlan) -> list[str]:
         rows = report.worst if many else report.listed
         lines += ["", f"items with most chunks ({len(rows)} of {report.planned}):" if many else "items:"]
         lines += _table(
-            ["item", "chunks", "longest chunk", "characters", "speech", "audio"],
+            ["item", "chunks", "longest chunk", "characters", "speech", "audio", "language", "voice"],
             [_item_row(line) for line in rows]
             + [["total", str(report.chunks), _tokens(report.longest_chunk.tokens), str(report.chars),
-                _duration(report.speech_s), _duration(report.audio_s)]],
+                _duration(report.speech_s), _duration(report.audio_s), "", ""]],
             right=(1, 2, 3, 4, 5),
         )
     if report.longest_chunk is not None:
@@ -115,7 +117,7 @@ def _item_json(line: ItemLine) -> dict:
 
 def _item_row(line: ItemLine) -> list[str]:
     return [escape_controls(line.id), str(line.chunks), _tokens(line.longest_tokens), str(line.chars),
-            _duration(line.speech_s), _duration(line.audio_s)]
+            _duration(line.speech_s), _duration(line.audio_s), line.language, escape_controls(line.voice or RANDOM_VOICE)]
 
 
 def _table(headers: list[str], rows: list[list[str]], right: tuple[int, ...]) -> list[str]:

@@ -20,8 +20,9 @@ from pipeline.config import ConfigError, ItemParams, JobConfig, VoiceMode
 from pipeline.fingerprint import Fingerprinter, ItemFingerprint
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
+from pipeline.languages import AUTO, check_language, detect_language, voice_for_language
 from pipeline.speech import SpeechText, speech_text
-from pipeline.text import TextChunk, detect_language, make_chunks, normalize_text
+from pipeline.text import TextChunk, make_chunks, normalize_text
 from pipeline.voices import VoiceError, load_item_voice, load_voice
 from workers.config import SamplingSet
 from workers.records import VoicePrompt
@@ -46,6 +47,7 @@ class ItemSpec:
     """An item's validated settings, before its text is split."""
 
     item: Item
+    language: str
     voice: VoicePrompt | None
     seed: int
     sampling: SamplingSet
@@ -64,7 +66,6 @@ class ItemPlan:
     """
 
     spec: ItemSpec
-    language: str
     chunks: tuple[TextChunk, ...]
     seeds: tuple[int, ...]
     sources: tuple[int | None, ...]
@@ -73,6 +74,10 @@ class ItemPlan:
     @property
     def item(self) -> Item:
         return self.spec.item
+
+    @property
+    def language(self) -> str:
+        return self.spec.language
 
     @property
     def voice_name(self) -> str | None:
@@ -146,7 +151,12 @@ class Planner:
         window = settings.semantic.max_input_semantic_length
         if config.text.max_tokens > window:
             raise ConfigError(f"text.max_tokens: {config.text.max_tokens} is over the model's text window of {window} tokens")
-        self.default_voice = load_voice(config.voice, settings, config.limits) if config.voice else None
+        # The job's voices by name, each loaded once; those the config names are loaded now, so a
+        # bad one fails the job at its start (the per-language presets derived from them are Suno's).
+        self._job_voices: dict[str, VoicePrompt] = {}
+        for name in (config.voice, *config.voice_by_language.values()):
+            if name is not None:
+                self._job_voices[name] = load_voice(name, settings, config.limits)
         self._encode = functools.lru_cache(maxsize=TOKEN_CACHE_TEXTS)(lambda text: tuple(encode(text)))
         # A plain function (tests of other things) has no [UNK] id: nothing is then counted as unknown.
         self.unknown_id = encode.unknown_id if isinstance(encode, TextEncoder) else None
@@ -170,26 +180,38 @@ class Planner:
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ItemRejected(f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        own_language = params.language or item.language
+        try:
+            if item.language is not None:
+                check_language(item.language)  # a dataset's language column
+        except ValueError as exc:
+            raise ItemRejected(f"language: {exc}") from None
+        language = own_language or self.language_of(item.text)
         voice_spec = params.voice or item.voice
         try:
-            voice = self._item_voice(voice_spec) if voice_spec else self.default_voice
+            voice = self._item_voice(voice_spec) if voice_spec else self._job_voice(language)
         except VoiceError as exc:
             raise ItemRejected(f"voice: {exc}") from None
         seed = params.seed if params.seed is not None else item_seed(config.seed, item.id)
         mode = params.voice_mode or config.voice_mode
         reset_every = params.voice_reset_every or config.voice_reset_every
         fingerprint = self.fingerprints.item(
-            text=item.text, voice=voice, seed=seed, sampling=sampling, voice_mode=mode, voice_reset_every=reset_every
+            text=item.text, voice=voice, seed=seed, sampling=sampling, voice_mode=mode, voice_reset_every=reset_every,
+            language=own_language,
         )
-        return ItemSpec(item, voice, seed, sampling, mode, reset_every, fingerprint)
+        return ItemSpec(item, language, voice, seed, sampling, mode, reset_every, fingerprint)
+
+    def language_of(self, text: str) -> str:
+        """An item's language when it names none: the job's, or detected, or ``text.default_language``."""
+        text_config = self.config.text
+        if text_config.language != AUTO:
+            return text_config.language
+        return detect_language(text, text_config.default_language)
 
     def plan(self, spec: ItemSpec) -> ItemPlan:
         """Splits the item's text into chunks; raises :class:`ItemRejected` (with the fingerprint) if it cannot."""
         text_config = self.config.text
-        language = text_config.language
-        if language == "auto":
-            language = detect_language(spec.item.text)
-        spoken = self.speech(spec.item.text, language)
+        spoken = self.speech(spec.item.text, spec.language)
         limit = text_config.max_unknown_share
         if spoken.unknown_share > limit:
             raise ItemRejected(
@@ -199,7 +221,7 @@ class Planner:
             )
         try:
             chunks = make_chunks(
-                spoken.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, language
+                spoken.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, spec.language
             )
         except ValueError as exc:
             raise ItemRejected(f"text: {exc}", spec.fingerprint) from None
@@ -210,7 +232,6 @@ class Planner:
         sources = history_sources(len(chunks), spec.voice_mode, spec.voice_reset_every, spec.voice is not None)
         return ItemPlan(
             spec=spec,
-            language=language,
             chunks=tuple(chunks),
             seeds=tuple(chunk_seed(spec.seed, c.index) for c in chunks),
             sources=tuple(sources),
@@ -242,6 +263,16 @@ class Planner:
                 f"over text.max_unknown_share ({limit:g})",
                 spec.fingerprint,
             )
+
+    def _job_voice(self, language: str) -> VoicePrompt | None:
+        """The voice of an item with none of its own (:func:`voice_for_language`); None: a random voice."""
+        config = self.config
+        name = voice_for_language(config.voice, language, config.voice_by_language)
+        if name is None:
+            return None
+        if name not in self._job_voices:
+            self._job_voices[name] = load_voice(name, self.settings, config.limits)
+        return self._job_voices[name]
 
     def _item_voice(self, spec: str) -> VoicePrompt:
         """An item's own voice: a preset or a file in ``voices_dir``, unless the job allows any path."""

@@ -125,6 +125,7 @@ def build_narration_processor(
     text_column: str = "text",
     voice_column: str | None = "voice",
     params_column: str | None = "params",
+    language_column: str | None = "language",
     extra_columns: list[str] | Literal["*"] = "*",
     include_audio: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -133,13 +134,16 @@ def build_narration_processor(
     """A processor that narrates a Dataset's rows into ``output`` (a folder or ``s3://``; on a
     cluster of several nodes, ``s3://``: the actor and the writers may run on any node).
 
-    The columns mean what they mean in the ``run`` command's datasets: ``voice`` and
-    ``params`` are optional (a missing column or an empty cell: the job's default; params a
+    The columns mean what they mean in the ``run`` command's datasets: ``voice``,
+    ``params`` and ``language`` are optional (a missing column or an empty cell: the job's default; params a
     JSON object or its text), ``extra_columns`` go into each item's metadata (``"*"``: every
     column not named). ``config``: a YAML path, a dict or a JobConfig, resolved here, in the
     driver. ``retry_failed``: narrate again the items an earlier run recorded as failed.
     """
-    columns = ColumnsConfig(id=id_column, text=text_column, voice=voice_column, params=params_column, extra=extra_columns)
+    columns = ColumnsConfig(
+        id=id_column, text=text_column, voice=voice_column, params=params_column, language=language_column,
+        extra=extra_columns,
+    )
     output = str(output)
     if "://" not in output:
         output = os.path.abspath(output)  # the actor's working folder need not be the driver's

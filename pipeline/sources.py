@@ -63,7 +63,8 @@ class Book:
 class Item:
     """One text to narrate.
 
-    ``voice`` overrides the job's voice when set; ``params`` holds the item's
+    ``voice`` overrides the job's voice when set, ``language`` its language (a code the
+    job checks, like ``params``); ``params`` holds the item's
     own raw settings (a Markdown front-matter block's settings, dataset columns),
     which the job validates as ``pipeline.config.ItemParams``; ``extra`` is
     metadata carried into the item's output as is (a dataset row's other
@@ -74,6 +75,7 @@ class Item:
     text: str
     voice: str | None = None
     title: str | None = None
+    language: str | None = None
     params: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     book: Book | None = None

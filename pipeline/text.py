@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -33,6 +32,7 @@ from typing import Literal
 
 import sentencex
 
+from pipeline.languages import detect_language
 
 PARAGRAPH_BREAK = "\n\n"
 CHAPTER_BREAK = "\f"
@@ -106,32 +106,6 @@ _CJK_LETTER = re.compile(
 )
 _CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uff65]")
 
-# Script ranges for detect_language; the script with most letters wins.
-_DETECT_SAMPLE_CHARS = 50_000
-_SCRIPTS = {
-    "kana": re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]"),
-    "han": re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"),
-    "ko": re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]"),
-    "hi": re.compile("[\u0900-\u097f]"),
-    "ru": re.compile("[\u0400-\u04ff]"),
-    "latin": re.compile("[A-Za-z\u00c0-\u024f]"),
-}
-# Latin-script languages told apart by their most frequent short words.
-_COMMON_WORDS = {
-    lang: frozenset(words.split())
-    for lang, words in {
-        "en": "the and of to is that it was he you with for",
-        "de": "der die und das ist nicht ein ich zu mit sie auch",
-        "es": "el los las y que por una es del se con para",
-        "fr": "le les et des est une pas je il que dans du",
-        "it": "il di che è non per un sono gli della ho anche",
-        "pl": "nie się jest że to na w z jak co ale czy",
-        "pt": "o os que não uma com para é você do da em",
-        "tr": "bir ve bu da için çok ne ile değil mi gibi daha",
-    }.items()
-}
-
-
 @dataclass(frozen=True)
 class TextChunk:
     """One piece of text for Bark, and what separates it from the next piece."""
@@ -172,25 +146,6 @@ def chapters(text: str) -> list[list[str]]:
         if any(paragraphs):
             result.append([p for p in paragraphs if p])
     return result
-
-
-def detect_language(text: str) -> str:
-    """A cheap guess from the script most letters are in: zh ja ko hi ru.
-
-    Latin script is one of en de es fr it pl pt tr by its most frequent short
-    words (the splitter's rules differ: "Am 3. Oktober" is one sentence in
-    German); en when nothing tells.
-    """
-    sample = text[:_DETECT_SAMPLE_CHARS]
-    counts = {script: len(pattern.findall(sample)) for script, pattern in _SCRIPTS.items()}
-    kana, han = counts.pop("kana"), counts.pop("han")
-    counts["ja" if kana else "zh"] = kana + han
-    best = max(counts, key=counts.get)
-    if best != "latin" or not counts[best]:
-        return best if counts[best] else "en"
-    words = Counter(re.findall(r"[^\W\d_]+", sample.lower()))
-    hits = {lang: sum(words[w] for w in common) for lang, common in _COMMON_WORDS.items()}
-    return max(hits, key=hits.get)  # ties and no hits: en, the first
 
 
 # --- sentences ----------------------------------------------------------------
@@ -370,7 +325,7 @@ def make_chunks(
 
     Each chunk's ``break_after`` says what follows it: "sentence" (also after
     a piece of a long sentence), "paragraph", "chapter", or "end" for the last.
-    ``language`` picks the sentence rules; "auto" guesses it from the script.
+    ``language`` picks the sentence rules; "auto" detects it (:func:`pipeline.languages.detect_language`).
     """
     if max_chars < 1 or max_tokens < 1:
         raise ValueError("need max_chars >= 1 and max_tokens >= 1")

@@ -342,7 +342,10 @@ def test_columns_config_rejects_typos_and_clashing_columns():
         ColumnsConfig(text="id")
     with pytest.raises(ValidationError, match="must not repeat"):
         ColumnsConfig(extra=["voice"])
-    assert ColumnsConfig.model_validate({"voice": None, "extra": ["a"]}).named == ["id", "text", "params"]
+    assert ColumnsConfig.model_validate({"voice": None, "extra": ["a"]}).named == ["id", "text", "params", "language"]
+    assert ColumnsConfig.model_validate({"language": None}).named == ["id", "text", "voice", "params"]
+    with pytest.raises(ValidationError, match="different columns"):
+        ColumnsConfig(language="voice")
 
 
 def test_missing_files_and_unknown_suffixes_raise(tmp_path):
