@@ -220,6 +220,10 @@ class ItemMetadata(_Strict):
     fingerprint_parts: dict[str, str] = Field(
         default_factory=dict, description="the fingerprint's parts (text, voice, seed, ...), to say what changed on a redo"
     )
+    subtitles_too_fast: int | None = Field(
+        default=None,
+        description="cues over output.subtitles.max_cps (their chunk's audio is short for its text); null: no subtitles",
+    )
 
 
 def write_json_atomic(path: Path, data: BaseModel | dict[str, Any] | list[Any]) -> None:

@@ -258,6 +258,24 @@ LOUDNESS_PRESETS = {
 }
 
 
+class SubtitlesConfig(Strict):
+    """How subtitle cues are cut (see pipeline.subtitles). ``output.subtitles: false`` (or
+    ``true``) is short for ``{enabled: false}``."""
+
+    enabled: bool = True
+    max_cps: float = Field(
+        default=20.0,
+        gt=0,
+        description="reading speed, characters per second, that a cue should not pass; a cue is shown while "
+        "its words are spoken, so a chunk spoken faster than this has faster cues (counted in the metadata)",
+    )
+    max_line_chars: int = Field(default=42, ge=1, description="per line, in scripts written with spaces")
+    max_line_chars_wide: int = Field(
+        default=16, ge=1, description="per line, in full-width scripts (Chinese, Japanese, Korean)"
+    )
+    max_lines: int = Field(default=2, ge=1, le=2, description="per cue")
+
+
 class OutputConfig(Strict):
     format: AudioFormat = Field(default="wav", description="wav and flac: 16-bit PCM; mp3 (CBR); opus (in Ogg, .opus)")
     sample_rate: int | None = Field(default=None, ge=8000, description="resample to this rate; null keeps Bark's 24 kHz")
@@ -273,12 +291,17 @@ class OutputConfig(Strict):
     silence: SilenceConfig = SilenceConfig()
     crossfade_s: float = Field(default=0.01, ge=0, description="fade at every chunk edge, against clicks")
     trim: TrimConfig = TrimConfig()
-    subtitles: bool = True
+    subtitles: SubtitlesConfig = SubtitlesConfig()
     save_tokens: bool = Field(default=False, description="write each chunk's tokens as a voice-preset .npz")
     audiobook: Literal["m4b"] | None = Field(
         default=None,
         description="m4b: also one <book id>.m4b per EPUB and per Markdown file with headings (AAC, chapters, cover)",
     )
+
+    @field_validator("subtitles", mode="before")
+    @classmethod
+    def _subtitles_switch(cls, value: object) -> object:
+        return {"enabled": value} if isinstance(value, bool) else value
 
     @field_validator("loudness", mode="before")
     @classmethod

@@ -130,7 +130,7 @@ class Narrator:
         rate = metadata["sample_rate"]
         audio = _decode(storage.get_bytes(files.audio), rate)
         subtitles = None
-        if self.config.output.subtitles:
+        if self.config.output.subtitles.enabled:
             try:
                 subtitles = storage.get_bytes(files.srt).decode("utf-8")
             except ObjectNotFound:

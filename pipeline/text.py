@@ -302,6 +302,33 @@ def _grapheme_cuts(text: str) -> list[int]:
     ]
 
 
+def text_cuts(text: str, language: str) -> dict[str, list[int]]:
+    """The cut points chunking uses, by kind, for one paragraph's ``text``: sentence ends,
+    clause ends, word starts, graphemes (subtitles cut with the same rules; none is inside a cue).
+
+    ``language`` is a concrete code ("auto" is resolved from the script first).
+    """
+    if language == "auto":
+        language = detect_language(text)
+    cuts = {
+        "sentence": _sentence_cuts(text, language),
+        "clause": _clause_cuts(text),
+        "word": _word_cuts(text),
+        "grapheme": _grapheme_cuts(text),
+    }
+    inside = {i for m in CUE.finditer(text) for i in range(m.start() + 1, m.end())}
+    return {kind: sorted(c for c in set(found) if 0 < c < len(text) and c not in inside) for kind, found in cuts.items()}
+
+
+def has_no_spaces(ch: str) -> bool:
+    """Whether ``ch`` is of a script written without spaces (Chinese, Japanese) or its punctuation."""
+    return _has_no_spaces(ch)
+
+
+# Closing and opening marks, for the subtitles' rule that no line starts with a closing one.
+CLOSERS, OPENERS = _CLOSERS, _OPENERS
+
+
 # --- chunks ---------------------------------------------------------------------
 
 

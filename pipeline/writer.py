@@ -40,7 +40,7 @@ from pipeline.loudness import normalize_loudness
 from pipeline.manifest import ManifestEntry
 from pipeline.object_store import Storage, StorageError
 from pipeline.storage import BOOKKEEPING_DIR, item_key
-from pipeline.subtitles import cues_from_chunks, to_srt, to_vtt
+from pipeline.subtitles import count_too_fast, cues_from_chunks, to_srt, to_vtt
 from pipeline.tokens import Codebooks, voice_npz_bytes
 from workers.records import AudioOutput, StageOutput, VoicePrompt
 
@@ -295,8 +295,10 @@ class ItemWriter:
             ChunkMetadata(**chunk.model_dump(), start_s=start / rate, end_s=end / rate, samples=end - start)
             for chunk, (start, end) in zip(order.chunks, bounds)
         ]
-        if output.subtitles:
-            cues = cues_from_chunks([(c.start_s, c.end_s, c.text) for c in chunks])
+        too_fast = None
+        if output.subtitles.enabled:
+            cues = cues_from_chunks([(c.start_s, c.end_s, c.text) for c in chunks], output.subtitles, order.language)
+            too_fast = count_too_fast(cues, output.subtitles.max_cps)
             written["srt"], written["vtt"] = files.srt, files.vtt
             objects[files.srt] = to_srt(cues).encode("utf-8")
             objects[files.vtt] = to_vtt(cues).encode("utf-8")
@@ -329,6 +331,7 @@ class ItemWriter:
             extra=order.extra,
             fingerprint=order.fingerprint,
             fingerprint_parts=order.fingerprint_parts,
+            subtitles_too_fast=too_fast,
         )
         objects[files.metadata] = (metadata.model_dump_json(indent=2) + "\n").encode("utf-8")
         entry = ManifestEntry(

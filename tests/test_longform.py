@@ -138,7 +138,9 @@ def test_markdown_with_chapters_subtitles_and_item_params(ray_session, tiny_mode
         encoding="utf-8",
     )
     out = tmp_path / "out"
-    manifest = _narrate(_config(tmp_path, tiny_model_dir, output__format="flac"), book, out)
+    line = 16  # output.subtitles as a table: lines of at most 16 characters
+    config = _config(tmp_path, tiny_model_dir, output__format="flac", output__subtitles={"max_line_chars": line})
+    manifest = _narrate(config, book, out)
     assert manifest["book"]["status"] == "ok"
     audio, rate = sf.read(out / "book.flac", dtype="float32")
     meta = json.loads((out / "book.json").read_text())
@@ -152,6 +154,9 @@ def test_markdown_with_chapters_subtitles_and_item_params(ray_session, tiny_mode
     assert all(b1 <= a2 for (_, b1, _), (a2, _, _) in zip(cues, cues[1:]))
     assert cues[-1][1] <= duration + 1e-3
     assert " ".join(t for _, _, t in cues).split() == words
+    srt_lines = [ln for block in (out / "book.srt").read_text().strip().split("\n\n") for ln in block.splitlines()[2:]]
+    assert srt_lines and all(len(ln) <= line for ln in srt_lines)
+    assert 0 <= meta["subtitles_too_fast"] <= len(cues)  # the tiny model's speech has no set pace
     vtt = (out / "book.vtt").read_text()
     assert vtt.startswith("WEBVTT") and vtt.count("-->") == len(cues)
 
