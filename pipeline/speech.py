@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.config import AddressMode
-from pipeline.text import CUE, normalize_text
+from pipeline.text import CUE, OPENERS, has_no_spaces, normalize_text
 
 # Three or more symbols in a row are decoration (a rule, a rating, ASCII art); one or two
 # can be read ("1 + 2", "$5", "->").
@@ -65,7 +65,6 @@ _SEPARATOR_WORDS = {
     "ko": ("점", "슬래시", "골뱅이", "언더바", "대시"),
 }
 _REMOVED = "\x00"  # stands for a removed character until the gaps are closed (normalised text has no NUL)
-_OPENING = "([{\"'“‘«¿¡「『（【"
 _COUNTED = ("unknown", "symbol", "text")  # what carries text: not spaces, punctuation, cues or marks
 _ZWJ = "\u200d"
 # Variation selectors, skin tones and tag characters: like marks, part of the character before them.
@@ -189,16 +188,11 @@ def _close_gaps(text: str) -> str:
         before = text[match.start() - 1 : match.start()]
         after = text[match.end() : match.end() + 1]
         space = match.group(1)
-        if not after or after.isspace() or not (after.isalnum() or after in _OPENING):
+        if not after or after.isspace() or not (after.isalnum() or after in OPENERS):
             return ""  # a space after it separates what is left; punctuation closes up to the word
         if space or not before or before.isspace():
             return space
-        return "" if _no_spaces(before) or _no_spaces(after) else " "
+        return "" if has_no_spaces(before) or has_no_spaces(after) else " "
 
     return _GAP.sub(close, text)
 
-
-def _no_spaces(ch: str) -> bool:
-    """Scripts written without spaces between words (CJK, Thai): no space where a character was."""
-    name = unicodedata.name(ch, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI", "IDEOGRAPHIC", "FULLWIDTH"))

@@ -33,7 +33,8 @@ import budoux
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import SubtitlesConfig
-from pipeline.text import CLOSERS, OPENERS, detect_language, has_no_spaces, text_cuts
+from pipeline.languages import detect_language
+from pipeline.text import CLOSERS, OPENERS, has_no_spaces, text_cuts
 
 # What a cut may fall at, best first, and what each costs a layout (a cue costs
 # CUE_COST): a cut at a sentence end is free, a clause end nearly so, a cut

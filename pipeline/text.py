@@ -48,12 +48,12 @@ _BLANK_LINE = re.compile(r"\n[^\S\f]*\n")  # \n, whitespace other than \f, \n
 # A Bark cue such as [laughs], [clears throat] or [MAN]: one word, never cut inside.
 CUE = re.compile(r"\[[^\W\d_](?:[^\W\d_]|[ '-]){0,30}\]")
 
-_CLOSERS = "\"'”’»)\\]}」』）】〉》〕］｝"
-_OPENERS = "\"'“‘«([{¿¡「『（【〈《〔［｛"
+CLOSERS = "\"'”’»)\\]}」』）】〉》〕］｝"
+OPENERS = "\"'“‘«([{¿¡「『（【〈《〔［｛"
 # Terminators that end a sentence even with no space after them.
 _HARD_TERMINATORS = "。！？｡．।॥"
 # sentencex misses an end like "(Really?) Then"; these are the candidates it may miss.
-_CLOSED_END = re.compile(rf"[.!?‽]+[{re.escape(_CLOSERS)}]+(?=\s)")
+_CLOSED_END = re.compile(rf"[.!?‽]+[{re.escape(CLOSERS)}]+(?=\s)")
 # Japanese quotation particles: 「行こう！」と言った is one sentence.
 _QUOTATIVE = ("と", "って")
 _LEADING_NOISE = re.compile(rf"(?:\s|{CUE.pattern}|[^\w\s])*")
@@ -90,7 +90,7 @@ ENUMERATOR = re.compile(r"\(?(?:\d{1,3}|[^\W\d_]|[ivxlcdm]{2,7}|[IVXLCDM]{2,7})[
 _ENUMERATOR_AT = re.compile(rf"(?:(?<!\S)|(?<=[。！？：；]))(?:{ENUMERATOR.pattern})(?=\s)")
 # Before a list: a lead-in clause ("... are met: 1.", closing marks may follow the colon), or
 # a CJK full stop, which always ends a sentence ("第一条。2.").
-_LEAD_IN = re.compile(rf"[:;：；。！？][{re.escape(_CLOSERS)}]*$")
+_LEAD_IN = re.compile(rf"[:;：；。！？][{re.escape(CLOSERS)}]*$")
 # A sentence end that sentencex may not propose: before a lowercase item ("notices. b) It").
 # Not before a letter and a period ("z. B.", "U. S."): only a real sentence end starts that item.
 _END_BEFORE_ITEM = re.compile(rf"[.!?‽](?=\s+(?![^\W\d_]\.)(?:{ENUMERATOR.pattern})\s)")
@@ -179,7 +179,7 @@ def _sentence_cuts(text: str, language: str) -> list[int]:
     found |= {m.end() for m in _END_BEFORE_ITEM.finditer(text)}
     ends = set()
     for cut in sorted(found):
-        while cut < len(text) and text[cut] in _CLOSERS and not text[cut - 1].isspace():
+        while cut < len(text) and text[cut] in CLOSERS and not text[cut - 1].isspace():
             cut += 1  # a closing mark ends the sentence it closes
         if 0 < cut < len(text):
             # Only the words around a cut decide it: handing on the whole paragraph
@@ -227,17 +227,17 @@ def _is_sentence_end(text: str, cut: int, language: str) -> bool:
     """
     before, after = text[:cut].rstrip(), text[cut:]
     spaced = text[cut - 1].isspace() or after[0].isspace()
-    if not (spaced or _has_no_spaces(before[-1]) or _has_no_spaces(after[0])):
+    if not (spaced or has_no_spaces(before[-1]) or has_no_spaces(after[0])):
         return before[-1] in _HARD_TERMINATORS  # otherwise a cut inside a word: "3.14", "a.m"
     if before[-1] in "」』" and after.startswith(_QUOTATIVE):
         return False
     first = _LEADING_NOISE.match(text, cut).end()
     if first < len(text) and text[first].islower() and not _starts_with_enumerator(after):
         return False  # "... and then", "e.g. apples", "Т. е. всё"; not "... notices. b) The"
-    if not before.rstrip(_CLOSERS).endswith(".") or before.rstrip(_CLOSERS).endswith(".."):
+    if not before.rstrip(CLOSERS).endswith(".") or before.rstrip(CLOSERS).endswith(".."):
         return True
-    word = before.rstrip(_CLOSERS)[:-1].split()[-1:] or [""]
-    word = "".join(_words_glued(word[0])[-1:]).lstrip(_OPENERS)  # "美国。Mr" -> "Mr"
+    word = before.rstrip(CLOSERS)[:-1].split()[-1:] or [""]
+    word = "".join(_words_glued(word[0])[-1:]).lstrip(OPENERS)  # "美国。Mr" -> "Mr"
     abbreviations = ABBREVIATIONS.get(language, _DEFAULT_ABBREVIATIONS)
     is_initial = len(word) == 1 and word.isupper()  # J. R. R. Tolkien
     return not (word.lower() in abbreviations or is_initial or _DOTTED_ABBREVIATION.fullmatch(word))
@@ -249,7 +249,8 @@ def _words_glued(run: str) -> list[str]:
     return [run[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def _has_no_spaces(ch: str) -> bool:
+def has_no_spaces(ch: str) -> bool:
+    """Whether ``ch`` is of a script written without spaces (Chinese, Japanese) or its punctuation."""
     return bool(_CJK_LETTER.match(ch) or _CJK_PUNCTUATION.match(ch))
 
 
@@ -275,7 +276,7 @@ def _word_cuts(text: str) -> list[int]:
     for i, ch in enumerate(text):
         if ch.isspace():
             previous, opened = None, False
-        elif ch in _OPENERS:
+        elif ch in OPENERS:
             if previous == "cjk" and not opened:
                 cuts.append(i)
             opened = opened or previous != "other"
@@ -306,10 +307,8 @@ def text_cuts(text: str, language: str) -> dict[str, list[int]]:
     """The cut points chunking uses, by kind, for one paragraph's ``text``: sentence ends,
     clause ends, word starts, graphemes (subtitles cut with the same rules; none is inside a cue).
 
-    ``language`` is a concrete code ("auto" is resolved from the script first).
+    ``language`` is a concrete code: the caller resolves "auto" for the whole chunk.
     """
-    if language == "auto":
-        language = detect_language(text)
     cuts = {
         "sentence": _sentence_cuts(text, language),
         "clause": _clause_cuts(text),
@@ -318,15 +317,6 @@ def text_cuts(text: str, language: str) -> dict[str, list[int]]:
     }
     inside = {i for m in CUE.finditer(text) for i in range(m.start() + 1, m.end())}
     return {kind: sorted(c for c in set(found) if 0 < c < len(text) and c not in inside) for kind, found in cuts.items()}
-
-
-def has_no_spaces(ch: str) -> bool:
-    """Whether ``ch`` is of a script written without spaces (Chinese, Japanese) or its punctuation."""
-    return _has_no_spaces(ch)
-
-
-# Closing and opening marks, for the subtitles' rule that no line starts with a closing one.
-CLOSERS, OPENERS = _CLOSERS, _OPENERS
 
 
 # --- chunks ---------------------------------------------------------------------
