@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.assembly import ItemMetadata
-from pipeline.console import redact
+from pipeline.console import last_line, redact
 from pipeline.object_store import Storage, StorageError
 from pipeline.storage import BOOKKEEPING_DIR, item_key
 
@@ -123,7 +123,7 @@ def write_audiobook(storage: Storage, order: BookOrder) -> BookReceipt:
     try:
         metadata = [ItemMetadata.model_validate_json(storage.get_bytes(c.metadata_key)) for c in order.items]
     except (StorageError, ValidationError) as exc:
-        return BookReceipt(book_id=order.book_id, error=redact(f"chapter metadata: {_last_line(exc)}"))
+        return BookReceipt(book_id=order.book_id, error=redact(f"chapter metadata: {last_line(exc)}"))
     rate = metadata[0].sample_rate
     lengths = [round(m.duration_s * rate) for m in metadata]
     gap = round(order.gap_s * rate)
@@ -153,7 +153,7 @@ def write_audiobook(storage: Storage, order: BookOrder) -> BookReceipt:
     except StorageError as exc:
         return BookReceipt(book_id=order.book_id, error=redact(f"storage: {exc}"))
     except (av.FFmpegError, ValueError, OSError) as exc:
-        return BookReceipt(book_id=order.book_id, error=f"audio: {_last_line(exc)}")
+        return BookReceipt(book_id=order.book_id, error=f"audio: {last_line(exc)}")
     return BookReceipt(book_id=order.book_id, record=record, written=True)
 
 
@@ -296,8 +296,3 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _last_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__

@@ -27,6 +27,7 @@ import ray
 from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
 from pipeline.books import BookTracker
 from pipeline.config import JobConfig
+from pipeline.console import last_line
 from pipeline.fingerprint import Fingerprinter, ItemFingerprint
 from pipeline.ledger import Ledger
 from pipeline.manifest import new_run_id
@@ -455,7 +456,6 @@ class NarrationJob:
         else:
             self.ledger.ok(receipt.entry, run.n_chunks, time.perf_counter() - run.started, run.changed)
 
-
     def _failed(self, item_id: str, reason: str, fingerprint: ItemFingerprint | None = None) -> None:
         self.ledger.failed(item_id, reason, fingerprint)
         self.books.failed(item_id)
@@ -507,6 +507,4 @@ class NarrationJob:
 
 def _one_line(exc: BaseException) -> str:
     """The innermost cause of a Ray error, on one line."""
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
+    return last_line(getattr(exc, "cause", None) or exc)

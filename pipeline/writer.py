@@ -34,7 +34,7 @@ from pydantic_core import PydanticSerializationError
 from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk
 from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
 from pipeline.config import OutputConfig, VoiceMode
-from pipeline.console import redact
+from pipeline.console import last_line, redact
 from pipeline.encoding import encode_audio
 from pipeline.loudness import normalize_loudness
 from pipeline.manifest import ManifestEntry
@@ -259,7 +259,7 @@ class ItemWriter:
         try:
             objects, entry = self._objects(order, parts)
         except PydanticSerializationError as exc:
-            return ItemReceipt(item_id=order.item_id, error=f"metadata: cannot be written as JSON ({_last_line(exc)})")
+            return ItemReceipt(item_id=order.item_id, error=f"metadata: cannot be written as JSON ({last_line(exc)})")
         except StorageError as exc:  # a key no storage can hold (too long for S3)
             return ItemReceipt(item_id=order.item_id, error=redact(f"storage: {exc}"))
         written: list[str] = []
@@ -368,8 +368,3 @@ def _total_timings(parts: list[ChunkPart]) -> dict[str, float]:
         for stage, seconds in part.timings.items():
             totals[stage] = totals.get(stage, 0.0) + seconds
     return totals
-
-
-def _last_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
