@@ -432,6 +432,7 @@ def count_file_items(file: Path, limits: LimitsConfig | None = None) -> int:
     """Items a file gives: one, or an EPUB's chapters (:func:`count_epub_chapters`)."""
     return count_epub_chapters(file, limits) if file.suffix.lower() == ".epub" else 1
 
+
 COVER_MEDIA_TYPES = ("image/jpeg", "image/png")  # what an audiobook's cover may be
 
 
