@@ -205,7 +205,6 @@ class S3Config(BaseModel):
 
 
 
-
 class SilenceConfig(Strict):
     """Seconds of silence inserted at each kind of boundary between two chunks."""
 

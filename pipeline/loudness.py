@@ -155,6 +155,7 @@ def _limited_to_target(
         limit_db = max(limit_db - max(over, 0.0), ALIMITER_MIN_LIMIT_DB)
     return out, applied
 
+
 def peak_limit(audio: np.ndarray, sample_rate: int, limit: float) -> np.ndarray:
     """``audio`` through FFmpeg's ``alimiter``, sample peaks at most ``limit`` (linear), same length and timing.
 

@@ -106,6 +106,7 @@ _CJK_LETTER = re.compile(
 )
 _CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uff65]")
 
+
 @dataclass(frozen=True)
 class TextChunk:
     """One piece of text for Bark, and what separates it from the next piece."""
