@@ -204,7 +204,6 @@ class S3Config(BaseModel):
         return value
 
 
-
 class SilenceConfig(Strict):
     """Seconds of silence inserted at each kind of boundary between two chunks."""
 
