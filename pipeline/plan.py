@@ -25,22 +25,18 @@ from pipeline.idset import DUPLICATE_ID_REASON, DiskIdSet
 from pipeline.planner import ItemPlan, ItemRejected, Planner, text_encoder
 from pipeline.rates import STAGES, Device, ModelShape, RatesRecord, StageRate, stage_rate, wall_seconds
 from pipeline.sources import Item, ItemError
+from pipeline.speech_time import estimate_speech_seconds
 from workers.settings import BarkSettings
 
-# English narration runs at about 150 words per minute (the National Center for Voice and
-# Speech's figure for conversational English, and the pace audiobook producers ask for), and an
-# English word averages 4.8 letters (Norvig's count over the Google Books corpus) plus a space or
-# punctuation mark: 150 x 5.8 / 60 = 14.5 characters per second.
-CHARS_PER_SECOND = 14.5
 LISTED_ITEMS = 20  # up to this many items, each gets a row; beyond, totals and the worst cases
 WORST_CASES = 5  # items with most chunks shown for a larger input
 
 
-def speech_seconds(text: str, max_semantic_tokens: int, semantic_rate_hz: float) -> float:
-    """Seconds of speech Bark makes for one chunk's ``text``: its characters at narration pace,
-    never more than the semantic stage may generate (``max_new_tokens`` at ~49.9 tokens per
-    second). One function, so a per-language table of paces can replace it."""
-    return min(len(text) / CHARS_PER_SECOND, max_semantic_tokens / semantic_rate_hz)
+def speech_seconds(text: str, language: str, max_semantic_tokens: int, semantic_rate_hz: float) -> float:
+    """Seconds of speech Bark makes for one chunk's ``text``: its estimate at narration pace
+    (:mod:`pipeline.speech_time`), never more than the semantic stage may generate
+    (``max_new_tokens`` at ~49.9 tokens per second)."""
+    return min(estimate_speech_seconds(text, language), max_semantic_tokens / semantic_rate_hz)
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def plan_items(
             if on_plan is not None:
                 on_plan(plan)
             max_tokens = plan.spec.sampling.semantic.max_new_tokens or settings.semantic.max_new_tokens
-            speech = sum(speech_seconds(c.text, max_tokens, settings.semantic.semantic_rate_hz) for c in plan.chunks)
+            speech = sum(speech_seconds(c.text, plan.language, max_tokens, settings.semantic.semantic_rate_hz) for c in plan.chunks)
             pauses = sum(getattr(silences, c.break_after) for c in plan.chunks[:-1])
             line = ItemLine(
                 id=plan.item.id,

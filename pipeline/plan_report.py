@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.console import escape_controls
-from pipeline.plan import CHARS_PER_SECOND, LISTED_ITEMS, ItemLine, JobPlan
+from pipeline.plan import LISTED_ITEMS, ItemLine, JobPlan
+from pipeline.speech_time import CHARS_PER_SECOND
 from pipeline.planner import ItemPlan
 
 RANDOM_VOICE = "random"  # how the table shows an item with no voice

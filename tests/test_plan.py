@@ -17,7 +17,8 @@ from pipeline.config import load_config
 from pipeline.datasets import iter_dataset_items
 from pipeline.fingerprint import Fingerprinter
 from pipeline.idset import DUPLICATE_ID_REASON
-from pipeline.plan import CHARS_PER_SECOND, speech_seconds
+from pipeline.plan import speech_seconds
+from pipeline.speech_time import CHARS_PER_SECOND
 from pipeline.planner import ItemRejected, Planner, text_encoder
 from pipeline.rates import RATES_FILE, load_rates
 from pipeline.sources import iter_file_items
@@ -252,8 +253,8 @@ def test_errors_are_one_line_on_stderr_with_exit_2(tmp_path, tiny_model_dir, set
 
 
 def test_speech_is_estimated_from_characters_and_capped_by_the_semantic_budget():
-    assert speech_seconds("x" * 145, max_semantic_tokens=768, semantic_rate_hz=49.9) == pytest.approx(10.0)
-    assert speech_seconds("x" * 10_000, max_semantic_tokens=499, semantic_rate_hz=49.9) == pytest.approx(10.0)
+    assert speech_seconds("x" * 145, "en", max_semantic_tokens=768, semantic_rate_hz=49.9) == pytest.approx(10.0)
+    assert speech_seconds("x" * 10_000, "en", max_semantic_tokens=499, semantic_rate_hz=49.9) == pytest.approx(10.0)
 
 
 def test_the_engine_benchmark_writes_the_record_the_plan_reads(tmp_path, tiny_model_dir):
