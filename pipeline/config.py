@@ -22,6 +22,8 @@ from workers.config import (  # the stage-facing parts
     Strict,
 )
 from pipeline.languages import AUTO, DEFAULT_LANGUAGE, check_language
+from pipeline.speech_time import MAX_SPEECH_S, TARGET_SPEECH_S
+from pipeline.text import ChunkBudget
 from workers.errors import UserError
 
 PlacementStrategy = Literal["none", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -42,11 +44,23 @@ AddressMode = Literal["speak", "drop", "keep"]
 
 
 class TextConfig(Strict):
-    """Chunk budget: each chunk stays inside Bark's ~13 s window, and inside the semantic
-    model's text window (``max_input_semantic_length``, 256 tokens; checked against the
-    checkpoint when the job starts)."""
+    """Chunk budget: each chunk stays inside Bark's ~13 s window (seconds of speech estimated
+    per language, :mod:`pipeline.speech_time`), and inside the semantic model's text window
+    (``max_input_semantic_length``, 256 tokens; checked against the checkpoint when the job starts)."""
 
-    max_chars: int = Field(default=220, ge=1)
+    target_speech_s: float = Field(
+        default=TARGET_SPEECH_S, gt=0, description="sentences are packed into a chunk up to this many estimated seconds"
+    )
+    max_speech_s: float = Field(
+        default=MAX_SPEECH_S,
+        gt=0,
+        description="a single sentence (or clause) over the target stays whole up to this; over it, it is split",
+    )
+    max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="optional extra cap on a chunk's characters (once the only budget; now off unless set)",
+    )
     max_tokens: int = Field(default=200, ge=1)
     language: str = Field(
         default=AUTO,
@@ -76,6 +90,18 @@ class TextConfig(Strict):
     @classmethod
     def _language(cls, value: str) -> str:
         return value if value == AUTO else check_language(value)
+
+    @model_validator(mode="after")
+    def _speech_order(self) -> TextConfig:
+        if self.max_speech_s < self.target_speech_s:
+            raise ValueError(
+                f"max_speech_s ({self.max_speech_s:g}) must be at least target_speech_s ({self.target_speech_s:g})"
+            )
+        return self
+
+    def budget(self) -> ChunkBudget:
+        """The chunker's budget (:func:`pipeline.text.make_chunks`)."""
+        return ChunkBudget(self.max_tokens, self.target_speech_s, self.max_speech_s, self.max_chars)
 
     @field_validator("default_language")
     @classmethod

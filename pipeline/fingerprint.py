@@ -42,7 +42,10 @@ DIGEST_HEX = 32  # 128 bits: enough to tell apart every item a job will ever see
 NO_VOICE = "random"
 UNKNOWN_CHANGE = "input or settings"
 # Text settings added after fingerprints were first kept: in a fingerprint only when set, so earlier ones hold.
-_LATER_TEXT_SETTINGS = {"urls", "max_unknown_share", "default_language"}
+_LATER_TEXT_SETTINGS = {"urls", "max_unknown_share", "default_language", "target_speech_s", "max_speech_s"}
+# Settings whose default changed: unset, they are recorded at the old default, which fingerprints
+# made before the change hold (``text.max_chars`` was the chunk budget, 220, before speech seconds).
+_FORMER_TEXT_DEFAULTS = {"max_chars": 220}
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Fingerprinter:
                 "text": {
                     **config.text.model_dump(exclude=_LATER_TEXT_SETTINGS),
                     **config.text.model_dump(include=_LATER_TEXT_SETTINGS, exclude_defaults=True),
+                    **{k: v for k, v in _FORMER_TEXT_DEFAULTS.items() if getattr(config.text, k) is None},
                 },
                 "output": {
                     "format": output.format,

@@ -26,6 +26,7 @@ from pipeline.planner import ItemPlan, ItemRejected, Planner, text_encoder
 from pipeline.rates import STAGES, Device, ModelShape, RatesRecord, StageRate, stage_rate, wall_seconds
 from pipeline.sources import Item, ItemError
 from pipeline.speech_time import estimate_speech_seconds
+from pipeline.text import TextChunk
 from workers.settings import BarkSettings
 
 LISTED_ITEMS = 20  # up to this many items, each gets a row; beyond, totals and the worst cases
@@ -58,6 +59,7 @@ class ChunkLine:
     item_id: str
     index: int
     tokens: int
+    speech_s: float  # the estimate the chunk was packed by (pipeline.speech_time)
     text: str
 
 
@@ -86,6 +88,7 @@ class JobPlan:
     chars: int = 0
     speech_s: float = 0.0
     audio_s: float = 0.0
+    languages: dict[str, int] = field(default_factory=dict)  # items planned per language: whose pace the estimate used
     listed: list[ItemLine] = field(default_factory=list)
     most_chunks: list[tuple[int, int, ItemLine]] = field(default_factory=list)  # a heap of (chunks, -order, item)
     longest_chunk: ChunkLine | None = None
@@ -161,6 +164,7 @@ def _add(report: JobPlan, line: ItemLine, plan: ItemPlan) -> None:
     report.chars += line.chars
     report.speech_s += line.speech_s
     report.audio_s += line.audio_s
+    report.languages[line.language] = report.languages.get(line.language, 0) + 1
     if len(report.listed) < LISTED_ITEMS + 1:  # one more than shown: says that there are more
         report.listed.append(line)
     entry = (line.chunks, -report.planned, line)
@@ -170,9 +174,14 @@ def _add(report: JobPlan, line: ItemLine, plan: ItemPlan) -> None:
         heapq.heapreplace(report.most_chunks, entry)
     longest = max(plan.chunks, key=lambda c: c.n_tokens)
     if report.longest_chunk is None or longest.n_tokens > report.longest_chunk.tokens:
-        report.longest_chunk = ChunkLine(line.id, longest.index, longest.n_tokens, longest.text)
+        report.longest_chunk = _chunk_line(plan, longest)
     if report.chunk_lines is not None:
-        report.chunk_lines.extend(ChunkLine(line.id, c.index, c.n_tokens, c.text) for c in plan.chunks)
+        report.chunk_lines.extend(_chunk_line(plan, c) for c in plan.chunks)
+
+
+def _chunk_line(plan: ItemPlan, chunk: TextChunk) -> ChunkLine:
+    seconds = estimate_speech_seconds(chunk.text, plan.language)
+    return ChunkLine(plan.item.id, chunk.index, chunk.n_tokens, seconds, chunk.text)
 
 
 # ---------------------------------------------------------------- wall time

@@ -10,18 +10,20 @@ from dataclasses import asdict
 
 from pipeline.console import escape_controls
 from pipeline.plan import LISTED_ITEMS, ItemLine, JobPlan
-from pipeline.speech_time import CHARS_PER_SECOND
 from pipeline.planner import ItemPlan
+from pipeline.speech_time import describe_pace, estimate_speech_seconds, pace
 
 RANDOM_VOICE = "random"  # how the table shows an item with no voice
 
 
 def chunk_lines(plan: ItemPlan) -> list[str]:
-    """Every chunk of one item: ``id #index  tokens  text``, aligned within the item."""
+    """Every chunk of one item: ``id #index  tokens  estimated seconds  text``, aligned within the item."""
     keys = [f"{escape_controls(plan.item.id)} #{chunk.index}" for chunk in plan.chunks]
     width = max(len(key) for key in keys)
     return [
-        f"{key:<{width}}  {chunk.n_tokens:>3} tok  {escape_controls(chunk.text)}" for key, chunk in zip(keys, plan.chunks)
+        f"{key:<{width}}  {chunk.n_tokens:>3} tok  {estimate_speech_seconds(chunk.text, plan.language):4.1f} s  "
+        f"{escape_controls(chunk.text)}"
+        for key, chunk in zip(keys, plan.chunks)
     ]
 
 
@@ -59,9 +61,12 @@ def text_lines(report: JobPlan) -> list[str]:
 def _estimates(report: JobPlan) -> list[str]:
     pauses = report.audio_s - report.speech_s
     lines = [
-        f"audio: about {_duration(report.audio_s)} ({_duration(report.speech_s)} of speech at "
-        f"{CHARS_PER_SECOND:g} characters per second, {_duration(pauses)} of pauses between chunks)"
+        f"audio: about {_duration(report.audio_s)} ({_duration(report.speech_s)} of speech, {_duration(pauses)} "
+        "of pauses between chunks)"
     ]
+    if report.languages:
+        paces = ", ".join(describe_pace(language) for language in sorted(report.languages))
+        lines.append(f"speech estimated at narration pace per language: {paces} (pipeline/speech_time.py)")
     estimate = report.estimate
     if estimate is None:
         lines.append(f"wall time: no estimate: {report.no_estimate or 'nothing to narrate'}")
@@ -92,7 +97,10 @@ def json_report(report: JobPlan) -> dict:
         "characters": report.chars,
         "speech_s": round(report.speech_s, 2),
         "audio_s": round(report.audio_s, 2),
-        "chars_per_second": CHARS_PER_SECOND,
+        "speech_pace": {
+            language: {"unit": pace(language).unit, "per_second": round(pace(language).per_second, 3), "items": n}
+            for language, n in sorted(report.languages.items())
+        },
         "items": [_item_json(line) for line in report.listed[:LISTED_ITEMS]],
         "most_chunks": [_item_json(line) for line in report.worst],
         "max_tokens": report.max_tokens,

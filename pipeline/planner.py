@@ -220,9 +220,7 @@ class Planner:
                 spec.fingerprint,
             )
         try:
-            chunks = make_chunks(
-                spoken.text, lambda t: len(self.token_ids(t)), text_config.max_chars, text_config.max_tokens, spec.language
-            )
+            chunks = make_chunks(spoken.text, lambda t: len(self.token_ids(t)), text_config.budget(), spec.language)
         except ValueError as exc:
             raise ItemRejected(f"text: {exc}", spec.fingerprint) from None
         if not chunks:

@@ -1,11 +1,14 @@
 """Text front end: normalise a text and cut it into chunks Bark can speak.
 
 Bark speaks at its best for ~13 s and silently truncates text over 256 tokens,
-so every chunk must fit a character budget (a proxy for speaking time) and a
-token budget (the hard model limit) at once. Chunks follow the text's own
-structure: whole sentences first, then clauses, then words. The character
-budget gives way to a single word (or cue) longer than it; the token budget
-never does, so a word over it is the only thing ever cut in the middle.
+so every chunk must fit a speech budget (seconds of speech, estimated per
+language by :mod:`pipeline.speech_time`) and a token budget (the hard model
+limit) at once. Chunks follow the text's own structure: whole sentences first,
+then clauses, then words. Pieces are packed up to the speech *target*; a single
+piece over it stays whole up to the speech *maximum*, and one over that is split
+finer. The speech budget gives way to a single word (or cue) longer than the
+maximum; the token budget never does, so a word over it is the only thing ever
+cut in the middle.
 
 Structure: a blank line separates paragraphs and a form feed ``"\\f"`` (the
 classic page/section-break character) separates chapters. Sources put the form
@@ -33,6 +36,7 @@ from typing import Literal
 import sentencex
 
 from pipeline.languages import detect_language
+from pipeline.speech_time import MAX_SPEECH_S, TARGET_SPEECH_S, cumulative_units, pace
 
 PARAGRAPH_BREAK = "\n\n"
 CHAPTER_BREAK = "\f"
@@ -323,38 +327,54 @@ def text_cuts(text: str, language: str) -> dict[str, list[int]]:
 # --- chunks ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ChunkBudget:
+    """What one chunk may hold: seconds of speech (packed to the target, a single piece up to the
+    maximum), tokens (never over), and optionally characters (an extra cap, off by default)."""
+
+    max_tokens: int
+    target_speech_s: float = TARGET_SPEECH_S
+    max_speech_s: float = MAX_SPEECH_S
+    max_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or (self.max_chars is not None and self.max_chars < 1):
+            raise ValueError("need max_tokens >= 1 and max_chars >= 1")
+        if not 0 < self.target_speech_s <= self.max_speech_s:
+            raise ValueError("need 0 < target_speech_s <= max_speech_s")
+
+
 def make_chunks(
     text: str,
     count_tokens: Callable[[str], int],
-    max_chars: int,
-    max_tokens: int,
+    budget: ChunkBudget,
     language: str = "auto",
 ) -> list[TextChunk]:
-    """Pack the normalised ``text`` into chunks within both budgets.
+    """Pack the normalised ``text`` into chunks within the ``budget``.
 
-    Consecutive sentences of one paragraph share a chunk while they fit; a
-    sentence that does not fit alone is packed from its clauses, a clause from
-    its words. A word (or cue) longer than ``max_chars`` is a chunk of its own;
-    one over ``max_tokens`` is cut between characters, and a character (or a
-    cue) over it is a ``ValueError``. Every chunk is measured with
+    Consecutive sentences of one paragraph share a chunk while they stay within
+    the speech target; a sentence over the target alone is a chunk of its own if
+    it is within the speech maximum, else it is packed from its clauses, a clause
+    from its words, the same way. A word (or cue) over the maximum is a chunk of
+    its own; one over ``max_tokens`` is cut between characters, and a character
+    (or a cue) over it is a ``ValueError``. Every chunk is measured with
     ``count_tokens``, so none ever exceeds ``max_tokens``; it is called a few
-    times per chunk (token counts must not shrink as a text grows), so the work
-    is linear in the text's length.
+    times per chunk (token counts must not shrink as a text grows), and speech
+    is estimated once per paragraph, so the work is linear in the text's length.
 
     Each chunk's ``break_after`` says what follows it: "sentence" (also after
     a piece of a long sentence), "paragraph", "chapter", or "end" for the last.
-    ``language`` picks the sentence rules; "auto" detects it (:func:`pipeline.languages.detect_language`).
+    ``language`` picks the sentence rules and the speech pace; "auto" detects it
+    (:func:`pipeline.languages.detect_language`).
     """
-    if max_chars < 1 or max_tokens < 1:
-        raise ValueError("need max_chars >= 1 and max_tokens >= 1")
     if language == "auto":
         language = detect_language(text)
-    budget = _Budget(count_tokens, max_chars, max_tokens)
     layers = (partial(_sentence_cuts, language=language), _clause_cuts, _word_cuts, _grapheme_cuts)
     chunks: list[TextChunk] = []
     for chapter in chapters(text):
         for paragraph in chapter:
-            for (start, end), n_tokens in _pack(paragraph, (0, len(paragraph)), layers, budget):
+            measure = _Measure(paragraph, language, count_tokens, budget)
+            for (start, end), n_tokens in _pack(paragraph, (0, len(paragraph)), layers, measure):
                 chunks.append(TextChunk(len(chunks), paragraph[start:end].strip(), n_tokens, "sentence"))
             chunks[-1] = replace(chunks[-1], break_after="paragraph")
         chunks[-1] = replace(chunks[-1], break_after="chapter")
@@ -363,40 +383,56 @@ def make_chunks(
     return chunks
 
 
-class _Budget:
-    """Both limits, and the one tokenizer call a check needs (the last count is kept:
-    a fitting candidate is often the chunk that is then emitted)."""
+class _Measure:
+    """One paragraph's budget checks: speech from prefix counts of its spoken units (estimated
+    once), tokens with the one tokenizer call a check needs (the last count is kept: a fitting
+    candidate is often the chunk that is then emitted)."""
 
-    def __init__(self, count_tokens: Callable[[str], int], max_chars: int, max_tokens: int):
+    def __init__(self, text: str, language: str, count_tokens: Callable[[str], int], budget: ChunkBudget):
+        self._text = text
+        self._units = cumulative_units(text, language)
+        self._per_second = pace(language).per_second
         self._count_tokens = count_tokens
-        self.max_chars = max_chars
-        self.max_tokens = max_tokens
+        self.budget = budget
         self._last: tuple[str, int] | None = None
 
-    def measure(self, text: str) -> int:
+    def seconds(self, start: int, end: int) -> float:
+        """The estimate of ``text[start:end]`` (:func:`pipeline.speech_time.estimate_speech_seconds`)."""
+        return (self._units[end] - self._units[start]) / self._per_second
+
+    def tokens(self, text: str) -> int:
         if self._last is None or self._last[0] != text:
             self._last = (text, self._count_tokens(text))
         return self._last[1]
 
     def fits_tokens(self, text: str) -> bool:
-        return self.measure(text) <= self.max_tokens
+        return self.tokens(text) <= self.budget.max_tokens
+
+    def fits_alone(self, span: Span) -> bool:
+        """Whether one piece may be a chunk as it is: within the speech maximum and every cap."""
+        max_chars = self.budget.max_chars
+        return (
+            self.seconds(*span) <= self.budget.max_speech_s
+            and (max_chars is None or span[1] - span[0] <= max_chars)
+            and self.fits_tokens(self._text[slice(*span)])
+        )
 
 
 Span = tuple[int, int]
 # Layers from here on cut inside sentences only between words: a piece there
-# that is over the character budget alone is kept whole (never cut mid-word).
+# that is over the speech maximum alone is kept whole (never cut mid-word).
 _FIRST_WORD_LAYER = 2
 
 
-def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0) -> list[tuple[Span, int]]:
+def _pack(text: str, span: Span, layers: tuple, measure: _Measure, depth: int = 0) -> list[tuple[Span, int]]:
     """Greedily merge the pieces of ``span`` into fitting spans, splitting finer where needed.
 
     Returns each span (without its outer whitespace) with its token count. A run
-    of pieces is as long as both budgets allow: the character budget is found by
-    bisecting the pieces' ends, the token budget by bisecting the run (token
-    counts grow as a run grows), so a chunk costs a few tokenizer calls of at
-    most ``max_chars`` characters, never one per piece: the work is linear in
-    the text's length.
+    of pieces is as long as the speech target (and character cap) and the token
+    budget allow: the first two are found by bisecting the pieces' ends over the
+    paragraph's prefix counts, the token budget by bisecting the run (token counts
+    grow as a run grows), so a chunk costs a few tokenizer calls of one chunk's
+    text, never one per piece: the work is linear in the text's length.
     """
     pieces = _spans(text, *span, layers[depth])
     words = [_stripped(text, piece) for piece in pieces]
@@ -404,42 +440,46 @@ def _pack(text: str, span: Span, layers: tuple, budget: _Budget, depth: int = 0)
     packed: list[tuple[Span, int]] = []
     first = 0
     while first < len(pieces):
-        run = _longest_fitting_run(text, words, ends, first, budget)
+        run = _longest_fitting_run(text, words, ends, first, measure)
         if run is not None:
             last, n_tokens = run
             if first < last < len(pieces) - 1 and ENUMERATOR.fullmatch(text[slice(*words[last])]):
                 # A run that would end in "1." or "-" leaves it to the item it numbers.
                 last -= 1
-                n_tokens = budget.measure(text[words[first][0] : words[last][1]])
+                n_tokens = measure.tokens(text[words[first][0] : words[last][1]])
             packed.append(((words[first][0], words[last][1]), n_tokens))
             first = last + 1
             continue
         piece_text = text[slice(*words[first])]
-        if depth >= _FIRST_WORD_LAYER and budget.fits_tokens(piece_text):
-            packed.append((words[first], budget.measure(piece_text)))  # one word over max_chars: the char budget gives way
+        if measure.fits_alone(words[first]) or (depth >= _FIRST_WORD_LAYER and measure.fits_tokens(piece_text)):
+            # Over the target but within the maximum; or one word over the maximum: the speech budget gives way.
+            packed.append((words[first], measure.tokens(piece_text)))
         elif depth + 1 == len(layers):
-            raise ValueError(f"{piece_text!r} alone exceeds the token budget of {budget.max_tokens}")
+            raise ValueError(f"{piece_text!r} alone exceeds the token budget of {measure.budget.max_tokens}")
         else:
-            packed.extend(_pack(text, pieces[first], layers, budget, depth + 1))
+            packed.extend(_pack(text, pieces[first], layers, measure, depth + 1))
         first += 1
     return packed
 
 
-def _longest_fitting_run(text: str, words: list[Span], ends: list[int], first: int, budget: _Budget) -> tuple[int, int] | None:
-    """(last piece, tokens) of the longest run of pieces from ``first`` within both budgets;
-    None when the first piece alone is over either."""
+def _longest_fitting_run(text: str, words: list[Span], ends: list[int], first: int, measure: _Measure) -> tuple[int, int] | None:
+    """(last piece, tokens) of the longest run of pieces from ``first`` within the speech target,
+    the character cap and the token budget; None when the first piece alone is over any of them."""
     start = words[first][0]
-    # Pieces are in order, so a run's length in characters grows with its last piece.
-    high = bisect.bisect_right(ends, start + budget.max_chars, lo=first) - 1
+    budget = measure.budget
+    # Pieces are in order, so a run's speech and characters grow with its last piece.
+    high = bisect.bisect_right(ends, budget.target_speech_s, lo=first, key=lambda end: measure.seconds(start, end)) - 1
+    if budget.max_chars is not None:
+        high = min(high, bisect.bisect_right(ends, start + budget.max_chars, lo=first) - 1)
     if high < first:
         return None
-    n_tokens = budget.measure(text[start : ends[high]])
+    n_tokens = measure.tokens(text[start : ends[high]])
     if n_tokens <= budget.max_tokens:
-        return high, n_tokens  # the usual case: characters, not tokens, end the chunk
+        return high, n_tokens  # the usual case: speech, not tokens, ends the chunk
     low, low_tokens = first - 1, 0  # the run to ``low`` fits (empty at first), the run to ``high`` does not
     while high - low > 1:
         middle = (low + high) // 2
-        n_tokens = budget.measure(text[start : ends[middle]])
+        n_tokens = measure.tokens(text[start : ends[middle]])
         if n_tokens <= budget.max_tokens:
             low, low_tokens = middle, n_tokens
         else:

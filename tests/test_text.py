@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pipeline.text as text_module
+from pipeline.speech_time import estimate_speech_seconds
 from pipeline.text import (
     CUE,
+    ChunkBudget,
     TextChunk,
     chapters,
     detect_language,
@@ -29,6 +31,11 @@ TEXT_WINDOW = BarkSettings().semantic.max_input_semantic_length  # the semantic 
 
 def count_words(text: str) -> int:
     return len(text.split())
+
+
+def budget(max_tokens: int, max_chars: int | None = None, **speech: float) -> ChunkBudget:
+    """A budget of tokens, at the default speech target and maximum unless given, no character cap unless given."""
+    return ChunkBudget(max_tokens, max_chars=max_chars, **speech)
 
 
 def words_and_marks(text: str) -> int:
@@ -176,7 +183,7 @@ def test_chinese_and_japanese_split_without_spaces_in_any_language_setting():
 
 
 def test_sentences_are_packed_together_while_they_fit():
-    chunks = make_chunks("One two. Three four. Five six seven.", count_words, 1000, 4)
+    chunks = make_chunks("One two. Three four. Five six seven.", count_words, budget(4))
     assert chunks == [
         TextChunk(0, "One two. Three four.", 4, "sentence"),
         TextChunk(1, "Five six seven.", 3, "end"),
@@ -185,7 +192,7 @@ def test_sentences_are_packed_together_while_they_fit():
 
 def test_chunks_never_span_paragraphs_or_chapters():
     text = "One. Two.\n\nThree.\fFour. Five.\n\n\n\nSix."
-    chunks = make_chunks(text, count_words, 1000, 200)
+    chunks = make_chunks(text, count_words, budget(200))
     assert [(c.text, c.break_after) for c in chunks] == [
         ("One. Two.", "paragraph"),
         ("Three.", "chapter"),
@@ -196,7 +203,7 @@ def test_chunks_never_span_paragraphs_or_chapters():
 
 def test_long_sentence_splits_at_clauses_then_words():
     text = "Alpha beta gamma, delta epsilon; zeta eta theta iota kappa lambda mu."
-    chunks = make_chunks(text, count_words, 1000, 3)
+    chunks = make_chunks(text, count_words, budget(3))
     assert [c.text for c in chunks] == [
         "Alpha beta gamma,", "delta epsilon;", "zeta eta theta", "iota kappa lambda", "mu.",
     ]
@@ -204,56 +211,56 @@ def test_long_sentence_splits_at_clauses_then_words():
 
 
 def test_em_dash_is_a_clause_boundary():
-    chunks = make_chunks("We waited — and waited — for hours on end.", count_words, 1000, 4)
+    chunks = make_chunks("We waited — and waited — for hours on end.", count_words, budget(4))
     assert [c.text for c in chunks] == ["We waited —", "and waited —", "for hours on end."]
 
 
-def test_char_budget_is_respected_too():
+def test_the_optional_character_cap_is_respected_too():
     text = "Short one. " * 10
-    chunks = make_chunks(text, count_words, 25, 200)
+    chunks = make_chunks(text, count_words, budget(200, max_chars=25))
     assert all(len(c.text) <= 25 for c in chunks)
     assert [c.text for c in chunks][:2] == ["Short one. Short one.", "Short one. Short one."]
 
 
-def test_a_word_over_the_char_budget_stays_whole():
-    chunks = make_chunks("tiny Supercalifragilistic end", count_words, 8, 200)
+def test_a_word_over_the_character_cap_stays_whole():
+    chunks = make_chunks("tiny Supercalifragilistic end", count_words, budget(200, max_chars=8))
     assert [c.text for c in chunks] == ["tiny", "Supercalifragilistic", "end"]
 
 
 def test_only_a_word_over_the_token_budget_is_cut_mid_word():
-    chunks = make_chunks("tiny Supercalifragilistic end", len, 1000, 8)
+    chunks = make_chunks("tiny Supercalifragilistic end", len, budget(8))
     assert [c.text for c in chunks] == ["tiny", "Supercal", "ifragili", "stic", "end"]
 
 
 def test_hard_cut_keeps_combining_marks_with_their_letter():
     word = "x\u0323" * 5  # x with dot below has no precomposed form: two code points
-    chunks = make_chunks(word, len, 1000, 3)
+    chunks = make_chunks(word, len, budget(3))
     assert [c.text for c in chunks] == ["x\u0323"] * 5
 
 
 def test_cues_are_words_never_cut_inside():
     text = "Well [clears throat] I think [laughs] that is it. [MAN] Yes."
-    chunks = make_chunks(text, count_words, 10, 200)
+    chunks = make_chunks(text, count_words, budget(200, max_chars=10))
     assert [c.text for c in chunks] == [
         "Well", "[clears throat]", "I think", "[laughs]", "that is", "it.", "[MAN] Yes.",
     ]
-    glued = make_chunks("Ha[laughs]ha.", len, 4, 200)
+    glued = make_chunks("Ha[laughs]ha.", len, budget(200, max_chars=4))
     assert [c.text for c in glued] == ["Ha", "[laughs]", "ha."]
 
 
 def test_a_cue_over_the_token_budget_is_an_error_not_a_cut():
     with pytest.raises(ValueError, match=r"'\[clears throat\]' alone exceeds"):
-        make_chunks("[clears throat]", len, 100, 10)
+        make_chunks("[clears throat]", len, budget(10, max_chars=100))
 
 
 def test_cjk_without_spaces_splits_at_sentences_clauses_then_characters():
     text = "今天天气很好，我们去公园散步。然后我们回家吃饭，看电视，睡觉。"
-    chunks = make_chunks(text, len, 12, 200)
+    chunks = make_chunks(text, len, budget(200, max_chars=12))
     assert [c.text for c in chunks] == [
         "今天天气很好，", "我们去公园散步。", "然后我们回家吃饭，", "看电视，睡觉。",
     ]
     # No clause marks at all: every character is a word; punctuation stays with its word.
-    chunks = make_chunks("我们去公园散步。「好」", len, 4, 200)
+    chunks = make_chunks("我们去公园散步。「好」", len, budget(200, max_chars=4))
     assert [c.text for c in chunks] == ["我们去公", "园散步。", "「好」"]
 
 
@@ -264,25 +271,53 @@ def test_token_budget_is_checked_with_count_tokens():
         calls.append(text)
         return 2 * len(text.split())  # every word costs two tokens
 
-    chunks = make_chunks("a b c d e f g", counting, 1000, 4)
+    chunks = make_chunks("a b c d e f g", counting, budget(4))
     assert [c.text for c in chunks] == ["a b", "c d", "e f", "g"]
     assert all(c.n_tokens <= 4 for c in chunks) and calls
 
 
 def test_empty_text_has_no_chunks():
-    assert make_chunks(" \n\f\n ", count_words, 10, 10) == []
+    assert make_chunks(" \n\f\n ", count_words, budget(10, max_chars=10)) == []
 
 
 def test_impossible_budget_is_an_error():
     with pytest.raises(ValueError, match="exceeds"):
-        make_chunks("abc", lambda s: 5, 100, 4)
-    with pytest.raises(ValueError):
-        make_chunks("abc", count_words, 0, 4)
+        make_chunks("abc", lambda s: 5, budget(4, max_chars=100))
+    for bad in ({"max_chars": 0}, {"target_speech_s": 0}, {"target_speech_s": 5, "max_speech_s": 4}):
+        with pytest.raises(ValueError):
+            make_chunks("abc", count_words, budget(4, **bad))
+
+
+def test_sentences_are_packed_to_the_speech_target():
+    text = "Short one. " * 10
+    two = estimate_speech_seconds("Short one. Short one.", "en")
+    chunks = make_chunks(text, count_words, budget(200, target_speech_s=two, max_speech_s=two), "en")
+    assert [c.text for c in chunks] == ["Short one. Short one."] * 5
+
+
+def test_a_sentence_over_the_target_stays_whole_up_to_the_maximum():
+    long = "The keeper climbed the spiral stairs, wiped the lens, and struck a match."
+    text = f"{long} Then he slept."
+    seconds = estimate_speech_seconds(long, "en")
+    whole = make_chunks(text, count_words, budget(200, target_speech_s=seconds / 2, max_speech_s=seconds), "en")
+    assert [c.text for c in whole] == [long, "Then he slept."]
+    # Over the maximum: packed from its clauses up to the target (the first clause alone is over it).
+    split = make_chunks(text, count_words, budget(200, target_speech_s=seconds / 2, max_speech_s=seconds - 0.1), "en")
+    assert [c.text for c in split] == [
+        "The keeper climbed the spiral stairs,", "wiped the lens, and struck a match.", "Then he slept.",
+    ]
+    assert estimate_speech_seconds(split[0].text, "en") > seconds / 2 >= estimate_speech_seconds(split[1].text, "en")
+
+
+def test_a_word_over_the_speech_maximum_stays_whole():
+    chunks = make_chunks("tiny Supercalifragilistic end", count_words, budget(200, target_speech_s=0.5, max_speech_s=0.5), "en")
+    assert [c.text for c in chunks] == ["tiny", "Supercalifragilistic", "end"]
 
 
 # --- make_chunks: work grows with the text, not with its square ----------------
 
 LONG_PARAGRAPH_CHARS = 1_000_000
+RUN_CHARS = 400  # 10 s is about 37 syllables here: under 400 characters of these words
 
 
 def long_paragraph(kind: str, size: int = LONG_PARAGRAPH_CHARS) -> str:
@@ -323,7 +358,7 @@ class CountingTokenizer:
 @pytest.mark.parametrize(
     ("kind", "count_tokens", "max_tokens"),
     [
-        ("sentences", words_and_marks, 200),  # the character budget ends each chunk
+        ("sentences", words_and_marks, 200),  # the speech budget ends each chunk
         ("words", words_and_marks, 200),  # one 1 MB sentence: packed from its words
         ("tiny sentences", words_and_marks, 200),  # a candidate sentence end every 4 characters
         ("words", len, 100),  # the token budget ends each chunk: found by bisection
@@ -347,13 +382,14 @@ def test_chunking_one_long_paragraph_reads_each_character_a_bounded_number_of_ti
         return is_sentence_end(context, cut, language)
 
     monkeypatch.setattr(text_module, "_is_sentence_end", reading_sentence_end)
-    max_chars = 220
-    chunks = make_chunks(text, tokenizer, max_chars, max_tokens, "en")
+    limits = budget(max_tokens)
+    chunks = make_chunks(text, tokenizer, limits, "en")
 
     assert re.sub(r"\s", "", "".join(c.text for c in chunks)) == re.sub(r"\s", "", text)
-    assert all(c.n_tokens <= max_tokens and len(c.text) <= max_chars for c in chunks)
-    # A bisection over at most max_chars pieces, and the first try: per chunk.
-    calls_per_chunk = 2 + math.log2(max_chars)
+    assert all(c.n_tokens <= max_tokens and estimate_speech_seconds(c.text, "en") <= limits.max_speech_s for c in chunks)
+    # A bisection over the pieces of a run within the speech target (at least a syllable per
+    # piece, under RUN_CHARS characters in these texts), and the first try: per chunk.
+    calls_per_chunk = 2 + math.log2(RUN_CHARS)
     assert tokenizer.calls <= calls_per_chunk * len(chunks)
     assert tokenizer.chars <= calls_per_chunk * len(text)
     assert sum(context_chars) <= 2 * text_module._SENTENCE_CONTEXT_CHARS * len(text) / 4  # an end every 4 chars at most
@@ -427,14 +463,19 @@ def _allowed_glued_cut(text: str, at: int, count_tokens, max_tokens: int) -> boo
 @given(
     case=structured_text(),
     count_tokens=st.sampled_from([len, words_and_marks]),
-    max_chars=st.one_of(st.integers(1, 30), st.integers(1, 400)),
+    max_chars=st.one_of(st.none(), st.integers(1, 30), st.integers(1, 400)),
     # Tiny budgets reach the error for an uncuttable unit; the others never do.
     max_tokens=st.one_of(st.integers(1, 8), st.integers(16, 60), st.integers(16, TEXT_WINDOW)),
+    target_s=st.floats(0.2, 15),
+    over_target_s=st.floats(0, 5),
 )
-def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_tokens, max_chars, max_tokens):
+def test_chunks_keep_all_text_in_order_within_budget_and_structure(
+    case, count_tokens, max_chars, max_tokens, target_s, over_target_s
+):
     text, structure = case
+    limits = budget(max_tokens, max_chars, target_speech_s=target_s, max_speech_s=target_s + over_target_s)
     try:
-        chunks = make_chunks(text, count_tokens, max_chars, max_tokens, "auto")
+        chunks = make_chunks(text, count_tokens, limits, "auto")
     except ValueError as exc:
         # Only a unit that cannot be cut (one character, one cue) may be over the token budget.
         unit = ast.literal_eval(str(exc).split(" alone exceeds")[0])
@@ -442,6 +483,7 @@ def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_t
         assert CUE.fullmatch(unit) or all(unicodedata.category(c)[0] == "M" for c in unit[1:])
         return
     normalized = normalize_text(text)
+    language = detect_language(text)  # what "auto" chunked by
 
     # (a) Nothing lost, nothing reordered.
     assert re.sub(r"\s", "", "".join(c.text for c in chunks)) == re.sub(r"\s", "", normalized)
@@ -450,10 +492,11 @@ def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_t
         # (c) No chunk is empty or padded, and indexes count up.
         assert chunk.text and chunk.text == chunk.text.strip()
         assert chunk.index == index
-        # (b) Within both budgets; only a single word may be over the character budget.
+        # (b) Within every budget; only a single word may be over the speech maximum or the character cap.
         assert chunk.n_tokens == count_tokens(chunk.text) <= max_tokens
         single_word = not re.search(r"\s", CUE.sub("", chunk.text))
-        assert len(chunk.text) <= max_chars or single_word
+        assert estimate_speech_seconds(chunk.text, language) <= limits.max_speech_s or single_word
+        assert max_chars is None or len(chunk.text) <= max_chars or single_word
         # Cuts fall between words: at spaces, or where words have none between them.
         start = normalized.index(chunk.text, position)
         position = start + len(chunk.text)
@@ -471,12 +514,12 @@ def test_chunks_keep_all_text_in_order_within_budget_and_structure(case, count_t
 
 
 @settings(max_examples=100, deadline=None)
-@given(case=structured_text(), extra=st.integers(0, 200))
-def test_sentences_that_fit_are_never_split(case, extra):
+@given(case=structured_text(), extra=st.floats(0, 10), under=st.floats(0, 1))
+def test_sentences_that_fit_are_never_split(case, extra, under):
     text, _ = case
     sentences = split_sentences(text, "en")
-    max_chars = max((len(s) for s in sentences), default=1) + extra
-    chunks = make_chunks(text, count_words, max_chars, TEXT_WINDOW, "en")
+    longest = max((estimate_speech_seconds(s, "en") for s in sentences), default=0) + extra + 0.1
+    chunks = make_chunks(text, count_words, budget(TEXT_WINDOW, target_speech_s=max(longest * under, 0.01), max_speech_s=longest), "en")
     # Each chunk is a run of whole consecutive sentences (spaces aside: CJK has none).
     rebuilt = iter(re.sub(r"\s", "", s) for s in sentences)
     for chunk in chunks:
