@@ -20,7 +20,7 @@ from pipeline.sources import (
     iter_text_items,
     markdown_to_text,
 )
-from pipeline.text import make_chunks
+from pipeline.text import ChunkBudget, make_chunks
 from workers.errors import UserError
 
 
@@ -105,7 +105,7 @@ def test_byte_order_mark_is_not_text(tmp_path):
 
 def test_form_feeds_in_a_text_file_are_chapter_breaks(tmp_path):
     path = write(tmp_path / "book.txt", "One.\n\nTwo.\n\fThree.")
-    chunks = make_chunks(next(iter_file_items(path)).text, len, 100, 100)
+    chunks = make_chunks(next(iter_file_items(path)).text, len, ChunkBudget(100))
     assert [(c.text, c.break_after) for c in chunks] == [
         ("One.", "paragraph"), ("Two.", "chapter"), ("Three.", "end"),
     ]
@@ -179,7 +179,7 @@ def test_markdown_is_plain_text_with_chapters_and_front_matter(tmp_path):
     (item,) = iter_file_items(write(tmp_path / "rain.md", BOOK_MD))
     assert item.id == "rain" and item.title == "The Rain"
     assert item.params == {"voice": "v2/de_speaker_3", "sampling": {"semantic": {"temperature": 0.5}}}
-    chunks = make_chunks(item.text, len, 1000, 256)
+    chunks = make_chunks(item.text, len, ChunkBudget(256))
     assert [(c.text, c.break_after) for c in chunks] == [
         ("Chapter One", "paragraph"),
         ("The first chapter [laughs] begins here. It goes on a red door and quietly.", "paragraph"),
@@ -292,7 +292,7 @@ def test_epub_is_one_item_per_chapter_in_spine_order_with_titles(tmp_path):
     ]
     assert items[0].text == "Chapter 1\n\nIt was a dark night.\n\nRain fell."
     # Headings inside a chapter are paragraph breaks, not chapter breaks.
-    chunks = make_chunks(items[1].text, len, 1000, 256)
+    chunks = make_chunks(items[1].text, len, ChunkBudget(256))
     assert [(c.text, c.break_after) for c in chunks] == [
         ("Chapter 2", "paragraph"), ("Morning & light.", "paragraph"), ("Later", "paragraph"), ("Done.", "end"),
     ]

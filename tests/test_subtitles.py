@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from pipeline.config import OutputConfig, SubtitlesConfig
 from pipeline.subtitles import Cue, count_too_fast, cues_from_chunks, to_srt, to_vtt
-from pipeline.text import make_chunks
+from pipeline.text import ChunkBudget, make_chunks
 from tests.conftest import REPO
 
 LONG = (
@@ -167,12 +167,11 @@ CHINESE = (
     "他坐在窗边，面前放着一杯茶和一本笔记本。风向：东北，正在增强。天空：晴朗，有几朵高云。"
     "海面：平静。“今晚又是平静的一夜，”他低声说。三十年来，他每天晚上都这样把一切记下来。"
 )
-# (text, language, chunk budget in characters, speech rate in characters per second: typical
-# narration, under the reading-speed limit)
+# (text, speech rate in characters per second: typical narration, under the reading-speed limit)
 TEXTS = {
-    "en": (ENGLISH, 220, 15.0),
-    "ja": (JAPANESE, 80, 8.0),
-    "zh": (CHINESE, 60, 5.0),
+    "en": (ENGLISH, 15.0),
+    "ja": (JAPANESE, 8.0),
+    "zh": (CHINESE, 5.0),
 }
 WHOLE_WORDS = {"ja": ["そして", "海面", "螺旋階段", "漁船"], "zh": ["海面", "渔船", "灯塔", "螺旋", "楼梯"], "en": []}
 # Closing punctuation, listed here independently of pipeline.subtitles.
@@ -184,9 +183,9 @@ CROSSFADE_S = 0.01
 def _chunks(language: str, rate: float) -> list[tuple[float, float, str]]:
     """The text front end's real chunks, timed as if spoken at ``rate``: a pause between chunks,
     and a crossfade overlap between the first two."""
-    text, max_chars, _ = TEXTS[language]
+    text, _ = TEXTS[language]
     chunks, t = [], 0.0
-    for i, chunk in enumerate(make_chunks(text, len, max_chars, 10_000, language)):
+    for i, chunk in enumerate(make_chunks(text, len, ChunkBudget(10_000), language)):
         start = t - CROSSFADE_S if i == 1 else t
         end = start + len(chunk.text) / rate
         chunks.append((start, end, chunk.text))
@@ -262,7 +261,7 @@ def _whole_phrases(parser, text):
 
 @pytest.mark.parametrize("language", sorted(TEXTS))
 def test_real_text_reads_well(language, tmp_path):
-    rate = TEXTS[language][2]
+    rate = TEXTS[language][1]
     chunks = _chunks(language, rate)
     style = SubtitlesConfig()
     cues = cues_from_chunks(chunks, style, language)
@@ -274,7 +273,7 @@ def test_real_text_reads_well(language, tmp_path):
 @pytest.mark.parametrize("language", sorted(TEXTS))
 @pytest.mark.parametrize("line, lines", [(6, 1), (8, 2), (12, 1), (20, 2), (30, 2)])
 def test_real_text_reads_well_at_any_limits(language, line, lines, tmp_path):
-    rate = TEXTS[language][2]
+    rate = TEXTS[language][1]
     chunks = _chunks(language, rate)
     if language == "en":
         line *= 2  # English words run to 11 letters ("lighthouse,"): lines of 12 and up

@@ -20,7 +20,7 @@ from pipeline.fingerprint import Fingerprinter
 from pipeline.planner import ItemRejected, Planner, text_encoder
 from pipeline.sources import Item
 from pipeline.speech import MIN_SYMBOL_RUN, speech_text, spoken_addresses
-from pipeline.text import CUE, ENUMERATOR, make_chunks, split_sentences
+from pipeline.text import CUE, ENUMERATOR, ChunkBudget, make_chunks, split_sentences
 from tests.conftest import REPO
 from workers.checkpoints import load_settings_for, load_tokenizer
 from workers.tiny_model import build_tiny_tokenizer
@@ -98,11 +98,18 @@ def lists(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=lists(), max_chars=st.integers(16, 160), max_tokens=st.integers(4, 40))
-def test_no_chunk_ends_with_a_list_number(text, max_chars, max_tokens):
-    """Every enumerator plus the word after it fits both budgets here, so none is ever left at a
+@given(
+    text=lists(),
+    max_chars=st.one_of(st.none(), st.integers(16, 160)),
+    max_tokens=st.integers(4, 40),
+    # An enumerator is a syllable at most, a word 10 (nine consonants and "q", spelled out): 3 s at English pace.
+    target_s=st.floats(3.5, 12),
+)
+def test_no_chunk_ends_with_a_list_number(text, max_chars, max_tokens, target_s):
+    """Every enumerator plus the word after it fits every budget here, so none is ever left at a
     chunk's end, whatever the budgets cut."""
-    chunks = make_chunks(text, lambda t: len(t.split()), max_chars, max_tokens, "en")
+    budget = ChunkBudget(max_tokens, target_speech_s=target_s, max_speech_s=target_s + 3, max_chars=max_chars)
+    chunks = make_chunks(text, lambda t: len(t.split()), budget, "en")
     assert re.sub(r"\s", "", "".join(c.text for c in chunks)) == re.sub(r"\s", "", text)
     for chunk in chunks:
         assert not ENUMERATOR.fullmatch(chunk.text.split()[-1]), (chunk.text, [c.text for c in chunks])
