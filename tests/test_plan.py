@@ -18,14 +18,14 @@ from pipeline.datasets import iter_dataset_items
 from pipeline.fingerprint import Fingerprinter
 from pipeline.idset import DUPLICATE_ID_REASON
 from pipeline.plan import speech_seconds
-from pipeline.speech_time import CHARS_PER_SECOND
+from pipeline.speech_time import estimate_speech_seconds
 from pipeline.planner import ItemRejected, Planner, text_encoder
 from pipeline.rates import RATES_FILE, load_rates
 from pipeline.sources import iter_file_items
 from tests.conftest import REPO
 from workers.checkpoints import load_settings_for, load_tokenizer
 
-CHUNK_LINE = re.compile(r"^(?P<id>.+) #(?P<index>\d+) +(?P<tokens>\d+) tok  (?P<text>.*)$")
+CHUNK_LINE = re.compile(r"^(?P<id>.+) #(?P<index>\d+) +(?P<tokens>\d+) tok +(?P<seconds>\d+\.\d) s  (?P<text>.*)$")
 STORY = (
     "The lighthouse keeper climbed the stairs again, counting each step out loud. Rain had followed them "
     "all the way from the station to the harbour, and nobody minded. Nobody in the village could remember "
@@ -101,6 +101,8 @@ def _chunk_lines(stdout: str) -> list[tuple[str, int, int, str]]:
         match = CHUNK_LINE.match(line)
         assert match, line
         found.append((match["id"], int(match["index"]), int(match["tokens"]), match["text"]))
+        # Each chunk's estimated seconds, in the language the item was planned in (English here).
+        assert match["seconds"] == f"{estimate_speech_seconds(match['text'], 'en'):.1f}", line
     return found
 
 
@@ -125,7 +127,11 @@ def test_a_text_file_is_planned_as_the_job_plans_it_with_no_model_there(tmp_path
     assert (report["items_read"], report["planned"], report["chunks"], failures) == (1, 1, len(chunks), [])
     assert report["items"][0]["chunks"] == len(chunks) > 1
     assert report["longest_chunk"]["tokens"] == max(c[2] for c in chunks)
-    assert report["speech_s"] == pytest.approx(sum(len(c[3]) for c in chunks) / CHARS_PER_SECOND, abs=0.01)
+    language = report["items"][0]["language"]
+    estimates = [estimate_speech_seconds(c[3], language) for c in chunks]
+    assert [c["speech_s"] for c in report["chunk_list"]] == pytest.approx(estimates)
+    assert report["speech_s"] == pytest.approx(sum(estimates), abs=0.01)
+    assert report["speech_pace"][language]["items"] == 1
     assert report["audio_s"] > report["speech_s"]  # the pauses between chunks
     assert not missing.exists()
 
@@ -148,6 +154,7 @@ def test_a_folder_prints_every_chunk_exactly(tmp_path, tiny_model_dir):
         assert _no_space("".join(text for i, _, _, text in printed if i == item.id)) == _no_space(item.text)
     assert "plan: 2 items read: 2 to narrate in" in result.stdout
     assert re.search(rf"^  total +{len(chunks)} +\d+ tok", result.stdout, re.M), result.stdout
+    assert "speech estimated at narration pace per language: en 3.7 syllables/s" in result.stdout
 
 
 def test_a_dataset_lists_the_rows_that_would_fail_with_the_jobs_reasons(tmp_path, tiny_model_dir):
@@ -252,9 +259,12 @@ def test_errors_are_one_line_on_stderr_with_exit_2(tmp_path, tiny_model_dir, set
     assert line.startswith("bark-pipeline: ") and message.format(tmp=tmp_path) in line, line
 
 
-def test_speech_is_estimated_from_characters_and_capped_by_the_semantic_budget():
-    assert speech_seconds("x" * 145, "en", max_semantic_tokens=768, semantic_rate_hz=49.9) == pytest.approx(10.0)
-    assert speech_seconds("x" * 10_000, "en", max_semantic_tokens=499, semantic_rate_hz=49.9) == pytest.approx(10.0)
+def test_speech_is_estimated_per_language_and_capped_by_the_semantic_budget():
+    sentence = "The keeper climbed the stairs."
+    for text, language in ((sentence, "en"), ("灯塔看守人爬上楼梯。", "zh")):
+        expected = estimate_speech_seconds(text, language)
+        assert speech_seconds(text, language, max_semantic_tokens=768, semantic_rate_hz=49.9) == pytest.approx(expected)
+    assert speech_seconds(sentence * 100, "en", max_semantic_tokens=499, semantic_rate_hz=49.9) == pytest.approx(10.0)
 
 
 def test_the_engine_benchmark_writes_the_record_the_plan_reads(tmp_path, tiny_model_dir):

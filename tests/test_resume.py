@@ -192,9 +192,27 @@ def test_settings_that_change_the_audio_change_the_fingerprint_and_others_do_not
 
     assert with_(output={**raw["output"], "format": "flac"})["settings"] != base["settings"]
     assert with_(text={**raw["text"], "max_chars": 100})["settings"] != base["settings"]
+    assert with_(text={**raw["text"], "target_speech_s": 8})["settings"] != base["settings"]
+    assert with_(text={**raw["text"], "max_speech_s": 15})["settings"] != base["settings"]
     assert with_(output={**raw["output"], "subtitles": True}) == base  # which files, not the audio
     assert with_(scheduler={"max_chunks_in_flight": 3}) == base  # speed, not the audio
     fingerprinter = Fingerprinter(load_config(_config(tmp_path, tiny_model_dir)), tiny_model_dir)
     sampling = SamplingSet.model_validate({"semantic": {"temperature": 0.5}})
     assert [k for k, v in _parts(fingerprinter, sampling=sampling).items() if v != base[k]] == ["sampling"]
     assert [k for k, v in _parts(fingerprinter, voice_mode="chained").items() if v != base[k]] == ["voice_mode"]
+
+
+def test_the_speech_budget_at_its_defaults_keeps_the_fingerprints_of_character_budget_outputs(tmp_path, tiny_model_dir):
+    """Outputs made when ``text.max_chars: 220`` was the budget (set, or its default) are not all
+    redone because the budget became seconds of speech: the new settings at their defaults and an
+    unset ``max_chars`` are recorded as before."""
+    raw = yaml.safe_load(open(_config(tmp_path, tiny_model_dir)))
+
+    def settings_of(text: dict) -> str:
+        path = tmp_path / "variant.yaml"
+        path.write_text(yaml.safe_dump({**raw, "text": text}))
+        return _parts(Fingerprinter(load_config(path), tiny_model_dir))["settings"]
+
+    before = settings_of({"max_chars": 220, "max_tokens": 200})  # what configs/tiny.yaml said
+    assert settings_of({"max_tokens": 200}) == before
+    assert settings_of({"target_speech_s": 10, "max_speech_s": 13, "max_tokens": 200}) == before
