@@ -21,6 +21,7 @@ from scipy.signal import resample_poly
 
 from pipeline.config import SilenceConfig, TrimConfig, VoiceMode
 from pipeline.loudness import LoudnessReport
+from pipeline.retakes import ChunkCheck, Retake
 from pipeline.storage import atomic_write_bytes
 
 # What separates chunk i from chunk i + 1; the last chunk is followed by "end".
@@ -188,6 +189,9 @@ class ChunkMetadata(_Strict):
     start_s: float = Field(ge=0)
     end_s: float = Field(ge=0)
     samples: int = Field(ge=0)
+    take: int = Field(default=0, ge=0, description="which take of the chunk this is: 0 unless it was made again")
+    check: ChunkCheck | None = Field(default=None, description="what was measured of the take, and whether it is plausible")
+    retakes: list[Retake] = Field(default_factory=list, description="the takes rejected before this one, and why")
 
 
 class ItemMetadata(_Strict):

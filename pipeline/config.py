@@ -389,6 +389,38 @@ class LeaseConfig(Strict):
     )
 
 
+class QualityConfig(Strict):
+    """When a chunk's audio is implausible for its text, and how often it is made again (pipeline.retakes).
+
+    Bark now and then drops a chunk's words (far too little audio), runs on past
+    them (its semantic stage reaching its length cap without an end), or gives
+    near-silence. Such a chunk is generated again with its next derived seed.
+    """
+
+    retakes: int = Field(
+        default=2, ge=0, description="how many times an implausible chunk is made again (0: never; a random-weight "
+        "model makes noise, which no check can judge)"
+    )
+    # Bark's pace varies by voice and text, and a chunk ends with a breath or a pause, so the band is
+    # wide: it catches a chunk with a third of its words or less, or one running on two and a half
+    # times as long; ``slack_s`` keeps a short text ("Yes.") from counting its natural pause as running on.
+    duration_band: tuple[float, float] = Field(
+        default=(0.3, 2.5),
+        description="plausible audio seconds per estimated speech second (pipeline.speech_time), low and high",
+    )
+    slack_s: float = Field(default=2.0, ge=0, description="seconds added to the high end of the band")
+    # Bark's speech sits around -20 to -25 dBFS (RMS); a chunk 20 dB below that is breath or hiss.
+    silence_dbfs: float = Field(default=-45.0, le=0, description="a chunk whose RMS level is below this is near-silence")
+
+    @field_validator("duration_band")
+    @classmethod
+    def _band(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < high:
+            raise ValueError("needs 0 <= low < high")
+        return value
+
+
 class SchedulerConfig(Strict):
     max_chunks_in_flight: int = Field(
         default=64, ge=1, description="chunks inside the stages and the writers at once, counted across items and within one"
@@ -478,6 +510,7 @@ class JobConfig(Strict):
     s3: S3Config = Field(default_factory=lambda: S3Config(), description="for s3:// inputs and outputs")
     text: TextConfig = TextConfig()
     output: OutputConfig = OutputConfig()
+    quality: QualityConfig = QualityConfig()
     lease: LeaseConfig = LeaseConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     writer: WriterConfig = WriterConfig()

@@ -34,9 +34,12 @@ from pipeline.manifest import new_run_id
 from pipeline.object_store import LocalStore, open_storage
 from pipeline.planner import ItemPlan, ItemRejected, Planner, text_encoder
 from pipeline.progress import JobSummary, Progress
+from pipeline.retakes import Retake, TakeOrder
 from pipeline.scheduler import ChunkRefs, ChunkWork, StagePipeline
+from pipeline.seeds import take_seed
 from pipeline.shards import Shard, select
 from pipeline.sources import Item, ItemError
+from pipeline.speech_time import estimate_speech_seconds
 from pipeline.stop import StopRequested
 from pipeline.writer import ChunkOrder, ItemOrder, ItemReceipt, PartOrder, PartReceipt
 from pipeline.writer_pool import WriterPool
@@ -54,12 +57,14 @@ class _ItemRun:
 
     plan: ItemPlan
     finished: set[int]  # chunks whose part is written (by this run or an earlier one)
+    judged: bool = False  # takes are judged and may be made again (quality.retakes > 0)
     started: float = field(default_factory=time.perf_counter)
     started_unix: float = field(default_factory=time.time)
     next_index: int = 0
     outstanding: int = 0  # chunks sent and not back
-    refs: dict[int, ChunkRefs] = field(default_factory=dict)  # sent chunks whose followers are not all sent
+    refs: dict[int, ChunkRefs] = field(default_factory=dict)  # chunks whose followers are not all settled
     voices: dict[int, VoicePrompt] = field(default_factory=dict)  # an earlier run's chunks that later ones continue
+    rejected: dict[int, list[Retake]] = field(default_factory=dict)  # takes of a chunk judged implausible, in order
     all_sent: bool = False
     error: str | None = None  # the first chunk that failed: the item is recorded failed, its later chunks not sent
     changed: str | None = None  # a redo: what changed since the recorded run ("voice, seed")
@@ -75,6 +80,16 @@ class _ItemRun:
         while self.next_index < self.n_chunks and self.next_index in self.finished:
             self.next_index += 1
         return self.next_index if self.next_index < self.n_chunks else None
+
+    def may_send(self, index: int) -> bool:
+        """A chunk that continues an earlier one waits, while takes are judged, until that one's take
+        is kept: it must continue the take its item keeps, not one made again."""
+        source = self.plan.sources[index]
+        return not self.judged or source is None or source in self.finished
+
+    def take(self, index: int) -> int:
+        """The take of a chunk to send next: one past its rejected ones."""
+        return len(self.rejected.get(index, ()))
 
 
 class NarrationJob:
@@ -133,6 +148,8 @@ class NarrationJob:
             on_lost=self._lease_lost, shard=shard,
         )
         self._sending: deque[_ItemRun] = deque()  # admitted items with chunks still to send, in order
+        self._retakes: deque[tuple[_ItemRun, int]] = deque()  # chunks whose take was implausible, to send again
+        self._input_exhausted = False
         self._in_flight: dict[ray.ObjectRef, tuple[_ItemRun, int, ChunkRefs]] = {}  # chunk receipts
         self._finishing: dict[ray.ObjectRef, _ItemRun] = {}  # items being assembled from their parts
         self.books = BookTracker(config.output)  # with output.audiobook: which books are whole
@@ -177,7 +194,7 @@ class NarrationJob:
                 waiting = [*self._in_flight, *self._finishing]
                 self.ledger.chunks_in_flight(len(self._in_flight))
                 if not waiting:
-                    if exhausted and not self._sending:
+                    if exhausted and not self._sending and not self._retakes:
                         finished = True
                         break
                     continue
@@ -211,10 +228,19 @@ class NarrationJob:
         input is exhausted (or a stop came while the actors started)."""
         limit = self.config.scheduler.max_chunks_in_flight
         while len(self._in_flight) < limit and not self.stop_requested:
-            if not self._sending:
+            if self._retakes:
+                run, index = self._retakes.popleft()
+                if run.error is None:
+                    self._send(run, index)
+                continue
+            sendable = self._next_sendable()
+            if sendable is None:
+                if self._input_exhausted:
+                    return True
                 item = next(items, None)
                 if item is None:
                     self.progress.input_read()
+                    self._input_exhausted = True
                     return True
                 self.progress.item_read()
                 if (run := self._admit(item)) is not None:
@@ -222,15 +248,21 @@ class NarrationJob:
                 continue
             if self.writers is None and not self._start_pipeline():
                 return True  # stopped while the actors were starting
-            run = self._sending[0]
+            self._send(*sendable)
+        return False
+
+    def _next_sendable(self) -> tuple[_ItemRun, int] | None:
+        """The first admitted item's next chunk that may go now, in order; items with every chunk
+        sent leave the queue. None: nothing may go until a receipt (or another item) comes."""
+        for run in list(self._sending):
             index = run.next_chunk()
             if index is None:
-                self._sending.popleft()
+                self._sending.remove(run)
                 run.all_sent = True
                 self._settle(run)
-                continue
-            self._send(run, index)
-        return False
+            elif run.may_send(index):
+                return run, index
+        return None
 
     def _receive_what_is_back(self) -> None:
         """After a stop: records the receipts already back (items a writer has written), without waiting
@@ -344,19 +376,26 @@ class NarrationJob:
         if finished:
             ledger.resumed(item.id, len(finished), len(plan.chunks))
         self.progress.item_planned(item.id, len(plan.chunks) - len(finished))
-        return _ItemRun(plan, finished, changed=verdict.changed)
+        return _ItemRun(plan, finished, judged=self.config.quality.retakes > 0, changed=verdict.changed)
 
     def _send(self, run: _ItemRun, index: int) -> None:
-        """Sends one chunk through the stages to the writer beside its codec replica."""
+        """Sends one take of a chunk through the stages to the writer beside its codec replica."""
         plan = run.plan
         source = plan.sources[index]
         history = run.refs.get(source) if source is not None else None
         voice = plan.spec.voice if source is None else self._earlier_voice(run, source)
+        chunk = plan.chunks[index]
+        take = TakeOrder(
+            take=run.take(index),
+            seed=take_seed(plan.seeds[index], run.take(index)),
+            expected_s=estimate_speech_seconds(chunk.text, plan.language),
+            rejected=tuple(run.rejected.get(index, ())),
+        )
         work = ChunkWork(
             key=f"{plan.item.id}#{index}",
-            text_ids=list(self.planner.token_ids(plan.chunks[index].text)),
+            text_ids=list(self.planner.token_ids(chunk.text)),
             voice=voice if history is None else plan.spec.voice,
-            seed=plan.seeds[index],
+            seed=take.seed,
             sampling=plan.spec.sampling,
             history=history,
         )
@@ -365,19 +404,26 @@ class NarrationJob:
         writer = self.writers.beside(refs.codec_replica)
         save_tokens = self.config.output.save_tokens
         if run.n_chunks == 1:
-            receipt = writer.write_item.remote(self._order(run), refs.audio, refs.fine if save_tokens else None)
+            receipt = writer.write_item.remote(self._order(run), refs.audio, refs.fine if save_tokens else None, take)
         else:
             keep_tokens = save_tokens or plan.has_followers(index)
-            order = PartOrder(item_id=plan.item.id, fingerprint=plan.spec.fingerprint.value, index=index, keep_tokens=keep_tokens)
+            order = PartOrder(
+                item_id=plan.item.id, fingerprint=plan.spec.fingerprint.value, index=index, keep_tokens=keep_tokens, take=take
+            )
             receipt = writer.write_part.remote(order, refs.audio, refs.fine if keep_tokens else None)
         self._in_flight[receipt] = (run, index, refs)
         run.outstanding += 1
-        run.next_index = index + 1
+        run.next_index = max(run.next_index, index + 1)
         if plan.has_followers(index):
-            run.refs[index] = refs
-        if source is not None and plan.last_follower[source] == index:  # its last follower is sent
-            run.refs.pop(source, None)
-            run.voices.pop(source, None)
+            run.refs[index] = refs  # a retake's refs replace the rejected take's
+        if source is not None and not run.judged and plan.last_follower[source] == index:
+            self._release_source(run, source)  # its last follower is sent (judged: once that one is kept)
+
+    @staticmethod
+    def _release_source(run: _ItemRun, source: int) -> None:
+        """A chunk's followers are all settled: its tokens are no longer needed as a history."""
+        run.refs.pop(source, None)
+        run.voices.pop(source, None)
 
     def _earlier_voice(self, run: _ItemRun, source: int) -> VoicePrompt | None:
         """The tokens of a chunk an earlier run finished, as the voice a later chunk continues from
@@ -407,6 +453,7 @@ class NarrationJob:
                 ChunkOrder(
                     index=chunk.index, text=chunk.text, n_tokens=chunk.n_tokens, seed=seed,
                     voice=plan.chunk_voice(chunk.index), break_after=chunk.break_after,
+                    expected_s=estimate_speech_seconds(chunk.text, plan.language),
                 )
                 for chunk, seed in zip(plan.chunks, plan.seeds)
             ],
@@ -423,6 +470,11 @@ class NarrationJob:
         run.outstanding -= 1
         self.pipeline.finished(refs)
         receipt = self._get_receipt(ref, run, f"chunk {index}")
+        if receipt.retake is not None:
+            self._retake(run, index, receipt.retake)
+            return
+        if receipt.implausible is not None:
+            self.progress.chunk_kept_implausible(run.plan.item.id, index, receipt.implausible)
         if run.n_chunks == 1:
             self._record(run, receipt)
         elif receipt.error is not None:
@@ -431,9 +483,21 @@ class NarrationJob:
                 self._failed(run.plan.item.id, receipt.error, run.plan.spec.fingerprint)
         else:
             run.finished.add(index)
+            source = run.plan.sources[index]
+            if run.judged and source is not None and run.plan.last_follower[source] == index:
+                self._release_source(run, source)
             self.progress.chunk_done(run.plan.item.id, receipt.audio_s)
             if run.all_sent:
                 self._settle(run)
+
+    def _retake(self, run: _ItemRun, index: int, reason: str) -> None:
+        """A take the writer judged implausible, with retakes left: the chunk is sent again with its next seed."""
+        take = run.take(index)
+        run.rejected.setdefault(index, []).append(
+            Retake(take=take, seed=take_seed(run.plan.seeds[index], take), reason=reason)
+        )
+        self.progress.chunk_retaken(run.plan.item.id, index, take + 1, reason)
+        self._retakes.append((run, index))
 
     @staticmethod
     def _get_receipt(ref: ray.ObjectRef, run: _ItemRun, what: str) -> ItemReceipt | PartReceipt:

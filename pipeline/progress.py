@@ -40,6 +40,8 @@ class JobSummary:
     books_failed: int = 0  # audiobooks not made (a chapter failed, or the book's own step did)
     chunks: int = 0
     audio_s: float = 0.0
+    retakes: int = 0  # chunks made again because a take was implausible (pipeline.retakes), counted per take
+    implausible: int = 0  # chunks kept though implausible: their last retake was too
     wall_s: float = 0.0
     stopped: bool = False
     aborted: bool = False
@@ -60,8 +62,14 @@ class JobSummary:
         return (
             f"{state}: {self.ok} ok, {self.failed} failed, {self.skipped} skipped, {self.changed} changed; "
             f"{self.audio_s / SECONDS_PER_HOUR:.3f} h of audio ({self.audio_s:.1f} s) in {self.wall_s:.1f} s, "
-            f"{self.real_time_factor:.2f}x real time"
+            f"{self.real_time_factor:.2f}x real time{self._retakes()}"
         )
+
+    def _retakes(self) -> str:
+        if not (self.retakes or self.implausible):
+            return ""
+        kept = f", {self.implausible} chunks kept implausible" if self.implausible else ""
+        return f"; {self.retakes} retakes{kept}"
 
 
 @dataclass
@@ -228,6 +236,16 @@ class Progress:
         """An audiobook not made: one line, shown even in quiet mode."""
         self.summary.books_failed += 1
         self._write(f"FAILED  book {book_id}: {reason}")
+
+    def chunk_retaken(self, item_id: str, index: int, take: int, reason: str) -> None:
+        """A take of a chunk was implausible and it is being made again (take ``take`` is next)."""
+        self.summary.retakes += 1
+        self.echo(f"retake  {item_id}: chunk {index} made again (take {take}): {reason}")
+
+    def chunk_kept_implausible(self, item_id: str, index: int, reason: str) -> None:
+        """A chunk's last retake was implausible too: it is kept, and its metadata says why."""
+        self.summary.implausible += 1
+        self.echo(f"note    {item_id}: chunk {index} kept after all retakes, still implausible: {reason}")
 
     def item_changed(self) -> None:
         self.summary.changed += 1

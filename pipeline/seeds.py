@@ -27,3 +27,8 @@ def chunk_seed(seed_of_item: int, index: int) -> int:
 
 def stage_seed(seed_of_chunk: int, stage: str) -> int:
     return derive_seed("stage", seed_of_chunk, stage)
+
+
+def take_seed(seed_of_chunk: int, take: int) -> int:
+    """The seed of a chunk's ``take``: its own seed for the first (0), one derived from it for each retake."""
+    return seed_of_chunk if take == 0 else derive_seed("retake", seed_of_chunk, take)

@@ -33,12 +33,13 @@ from pydantic_core import PydanticSerializationError
 
 from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk
 from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
-from pipeline.config import OutputConfig, VoiceMode
+from pipeline.config import OutputConfig, QualityConfig, VoiceMode
 from pipeline.console import last_line, redact
 from pipeline.encoding import encode_audio
 from pipeline.loudness import normalize_loudness
 from pipeline.manifest import ManifestEntry
 from pipeline.object_store import Storage, StorageError
+from pipeline.retakes import ChunkCheck, KeptTake, TakeOrder, judge
 from pipeline.storage import BOOKKEEPING_DIR, item_key
 from pipeline.subtitles import count_too_fast, cues_from_chunks, to_srt, to_vtt
 from pipeline.tokens import Codebooks, voice_npz_bytes
@@ -110,9 +111,10 @@ class ChunkOrder(_Record):
     index: int
     text: str
     n_tokens: int
-    seed: int
+    seed: int  # its first take's
     voice: str | None
     break_after: BreakKind
+    expected_s: float  # estimated speech seconds of its text, what its audio is judged against
 
 
 class ItemOrder(_Record):
@@ -133,28 +135,36 @@ class ItemOrder(_Record):
 
 
 class PartOrder(_Record):
-    """One chunk of a multi-chunk item, to be kept as a part."""
+    """One take of a chunk of a multi-chunk item, to be kept as a part if plausible or out of retakes."""
 
     item_id: str
     fingerprint: str
     index: int
     keep_tokens: bool
+    take: TakeOrder
 
 
 class PartReceipt(_Record):
-    """A chunk kept as a part (``audio_s``: its audio's length, for the progress bar) or not (``error``)."""
+    """A chunk kept as a part (``audio_s``: its audio's length, for the progress bar; ``implausible``: kept
+    though it is, out of retakes), not kept because it must be made again (``retake``: why), or not
+    kept (``error``)."""
 
     item_id: str
     index: int
     audio_s: float = 0.0
+    retake: str | None = None
+    implausible: str | None = None
     error: str | None = None
 
 
 class ItemReceipt(_Record):
-    """An item written (``entry``) or not (``error``, one line)."""
+    """An item written (``entry``), its one chunk to be made again (``retake``: why), or neither
+    (``error``, one line). ``implausible``: its one chunk kept though it is, out of retakes."""
 
     item_id: str
     entry: ManifestEntry | None = None
+    retake: str | None = None
+    implausible: str | None = None
     error: str | None = None
 
 
@@ -166,11 +176,12 @@ class ChunkPart:
     sample_rate: int
     timings: dict[str, float]
     tokens: dict[str, np.ndarray] | None  # semantic (T,), coarse (2, T'), fine (8, T')
+    kept: KeptTake | None = None  # which take it is and what it measured (None: a part from before takes)
 
     @classmethod
-    def made(cls, audio: AudioOutput, fine: StageOutput | None) -> ChunkPart:
+    def made(cls, audio: AudioOutput, fine: StageOutput | None, kept: KeptTake) -> ChunkPart:
         tokens = None if fine is None else {"semantic": fine.semantic, "coarse": fine.coarse, "fine": fine.tokens}
-        return cls(audio.audio, audio.sample_rate, dict(audio.timings), tokens)
+        return cls(audio.audio, audio.sample_rate, dict(audio.timings), tokens, kept)
 
     def to_bytes(self) -> bytes:
         """Plain arrays in an ``.npz``: nothing pickled, read back with ``allow_pickle=False``."""
@@ -180,6 +191,8 @@ class ChunkPart:
             "timing_stages": np.array(list(self.timings), dtype=np.str_),
             "timing_seconds": np.array(list(self.timings.values()), dtype=np.float64),
         }
+        if self.kept is not None:
+            arrays["kept"] = np.array(self.kept.model_dump_json())
         for stage, tokens in (self.tokens or {}).items():
             arrays[stage] = np.asarray(tokens, dtype=np.int64)
         buffer = io.BytesIO()
@@ -192,7 +205,8 @@ class ChunkPart:
             audio = npz["audio"]
             tokens = {stage: npz[stage] for stage in TOKEN_STAGES} if "fine" in npz.files else None
             timings = dict(zip(npz["timing_stages"].tolist(), npz["timing_seconds"].tolist()))
-            return cls(audio, int(npz["sample_rate"]), timings, tokens)
+            kept = KeptTake.model_validate_json(str(npz["kept"])) if "kept" in npz.files else None
+            return cls(audio, int(npz["sample_rate"]), timings, tokens, kept)
 
     def voice(self, name: str) -> VoicePrompt:
         """This chunk's tokens as the voice a later chunk continues from (a chained voice on resume)."""
@@ -209,10 +223,13 @@ class ChunkPart:
 class ItemWriter:
     """Writes parts and items to one output. One per codec replica; stateless between calls."""
 
-    def __init__(self, storage: Storage, output: OutputConfig, codebooks: Codebooks) -> None:
+    def __init__(
+        self, storage: Storage, output: OutputConfig, codebooks: Codebooks, quality: QualityConfig = QualityConfig()
+    ) -> None:
         self.storage = storage
         self.output = output
         self.codebooks = codebooks
+        self.quality = quality
 
     def files(self, item_id: str) -> ItemFiles:
         return ItemFiles.of(item_id, self.output.format)
@@ -222,17 +239,44 @@ class ItemWriter:
         return True
 
     def write_part(self, order: PartOrder, audio: AudioOutput, fine: StageOutput | None = None) -> PartReceipt:
-        """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them)."""
-        part = ChunkPart.made(audio, fine if order.keep_tokens else None)
+        """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them),
+        unless it is implausible with retakes left: then nothing is written and the receipt asks for one."""
+        check = self._judge(audio, order.take)
+        receipt = PartReceipt(item_id=order.item_id, index=order.index)
+        if self._retake(check, order.take):
+            return receipt.model_copy(update={"retake": check.implausible})
+        part = ChunkPart.made(audio, fine if order.keep_tokens else None, order.take.kept(check))
         try:
             self.storage.put_bytes(part_key(item_key(order.item_id), order.fingerprint, order.index), part.to_bytes())
         except StorageError as exc:
-            return PartReceipt(item_id=order.item_id, index=order.index, error=redact(f"storage: {exc}"))
-        return PartReceipt(item_id=order.item_id, index=order.index, audio_s=len(part.audio) / part.sample_rate)
+            return receipt.model_copy(update={"error": redact(f"storage: {exc}")})
+        return receipt.model_copy(update={"audio_s": check.audio_s, "implausible": self._kept_implausible(check)})
 
-    def write_item(self, order: ItemOrder, audio: AudioOutput, fine: StageOutput | None = None) -> ItemReceipt:
-        """An item of one chunk, written straight from its audio."""
-        return self._write(order, [ChunkPart.made(audio, fine if self.output.save_tokens else None)])
+    def write_item(
+        self, order: ItemOrder, audio: AudioOutput, fine: StageOutput | None = None, take: TakeOrder | None = None
+    ) -> ItemReceipt:
+        """An item of one chunk, written straight from its audio (``take``: which take it is; by default
+        the first), unless the chunk is implausible with retakes left: then the receipt asks for one."""
+        if take is None:
+            [chunk] = order.chunks
+            take = TakeOrder(seed=chunk.seed, expected_s=chunk.expected_s)
+        check = self._judge(audio, take)
+        if self._retake(check, take):
+            return ItemReceipt(item_id=order.item_id, retake=check.implausible)
+        part = ChunkPart.made(audio, fine if self.output.save_tokens else None, take.kept(check))
+        return self._write(order, [part]).model_copy(update={"implausible": self._kept_implausible(check)})
+
+    def _judge(self, audio: AudioOutput, take: TakeOrder) -> ChunkCheck:
+        return judge(audio.audio, audio.sample_rate, take.expected_s, audio.ended_at_limit, self.quality)
+
+    def _kept_implausible(self, check: ChunkCheck) -> str | None:
+        """Why a kept take is implausible, to be told on the console: only where takes are judged
+        (``quality.retakes`` > 0); the metadata records every take's check either way."""
+        return check.implausible if self.quality.retakes > 0 else None
+
+    def _retake(self, check: ChunkCheck, take: TakeOrder) -> bool:
+        """Whether a take is to be made again rather than kept: implausible, and retakes left."""
+        return check.implausible is not None and take.take < self.quality.retakes
 
     def finish(self, order: ItemOrder) -> ItemReceipt:
         """Assembles an item from its parts, writes it, and removes the parts."""
@@ -292,8 +336,11 @@ class ItemWriter:
         objects = {files.audio: encoded}
         checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
         chunks = [
-            ChunkMetadata(**chunk.model_dump(), start_s=start / rate, end_s=end / rate, samples=end - start)
-            for chunk, (start, end) in zip(order.chunks, bounds)
+            ChunkMetadata(
+                **{**chunk.model_dump(exclude={"expected_s"}), **_kept_fields(part.kept)},
+                start_s=start / rate, end_s=end / rate, samples=end - start,
+            )
+            for chunk, part, (start, end) in zip(order.chunks, parts, bounds)
         ]
         too_fast = None
         if output.subtitles.enabled:
@@ -360,6 +407,14 @@ def remove_parts(storage: Storage, key: str) -> None:
         storage.delete_folder(parts_folder(key))
     except StorageError:
         pass  # left for the next run that finishes this item
+
+
+def _kept_fields(kept: KeptTake | None) -> dict[str, Any]:
+    """A chunk's metadata from the take its item keeps: its seed (a retake's own), the take, what
+    was measured and the takes rejected before it. None (a part kept before takes were judged): none."""
+    if kept is None:
+        return {}
+    return {"seed": kept.seed, "take": kept.take, "check": kept.check, "retakes": list(kept.retakes)}
 
 
 def _total_timings(parts: list[ChunkPart]) -> dict[str, float]:

@@ -26,7 +26,7 @@ class WriterPool:
         # Small arguments, each under Ray's inline limit (max_direct_call_object_size): Ray keeps an
         # actor's inlined constructor arguments for its restarts, but not ones it moved to the object
         # store (ray-project/ray#53727), so a writer restarted on another node would fail to start.
-        arguments = (storage, config.output, Codebooks.of(settings))
+        arguments = (storage, config.output, Codebooks.of(settings), config.quality)
         self.writers = [
             actor.options(
                 num_cpus=options.num_cpus,

@@ -25,7 +25,9 @@ def one_chunk_item(item_id: str, audio: np.ndarray) -> tuple[ItemOrder, AudioOut
     order = ItemOrder(
         item_id=item_id, title=None, extra={}, voice=None, voice_mode="fixed", language="en", seed=0, model="tiny",
         fingerprint="fp1:" + "cd" * 16, fingerprint_parts={},
-        chunks=[ChunkOrder(index=0, text="Speech.", n_tokens=2, seed=0, voice=None, break_after="end")],
+        chunks=[
+            ChunkOrder(index=0, text="Speech.", n_tokens=2, seed=0, voice=None, break_after="end", expected_s=len(audio) / RATE)
+        ],
         started=0.0,
     )
     return order, AudioOutput(key=f"{item_id}#0", audio=audio, sample_rate=RATE, timings={})

@@ -61,16 +61,22 @@ def test_history_sources_per_voice_mode():
     assert history_sources(5, "chained", 2, has_voice=False) == [None, 0, 0, 2, 0]
 
 
-def test_chained_chunks_continue_the_previous_chunks_tokens(ray_session, tiny_model_dir, tmp_path):
-    """Every chunk's saved tokens equal a direct run of the stages whose voice is the previous chunk's tokens."""
+@pytest.mark.parametrize(
+    "quality", [{"retakes": 0}, {"retakes": 1, "silence_dbfs": 0.0}], ids=["first takes", "every chunk retaken"]
+)
+def test_chained_chunks_continue_the_previous_chunks_tokens(ray_session, tiny_model_dir, tmp_path, quality):
+    """Every chunk's saved tokens equal a direct run of the stages whose voice is the previous chunk's tokens;
+    where every take is judged implausible (all audio is under 0 dBFS), the chunk's kept take (its seed is
+    the retake's) continues the previous chunk's kept take."""
     source = tmp_path / "chapter.txt"
     source.write_text(CHAPTER, encoding="utf-8")
-    config = _config(tmp_path, tiny_model_dir, voice_mode="chained", output__save_tokens=True)
+    config = _config(tmp_path, tiny_model_dir, voice_mode="chained", output__save_tokens=True, quality=quality)
     out = tmp_path / "out"
     _narrate(config, source, out)
     meta = json.loads((out / "chapter.json").read_text())
     chunks = meta["chunks"]
     assert len(chunks) >= 3
+    assert [c["take"] for c in chunks] == [quality["retakes"]] * len(chunks)
     assert [c["voice"] for c in chunks] == ["v2/en_speaker_6"] + [f"chunk {i}" for i in range(len(chunks) - 1)]
 
     model = ModelConfig(source=str(tiny_model_dir))

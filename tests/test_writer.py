@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.config import OutputConfig
+from pipeline.config import OutputConfig, QualityConfig
 from pipeline.object_store import LocalStore
+from pipeline.retakes import TakeOrder, judge
 from pipeline.storage import BOOKKEEPING_DIR
 from pipeline.tokens import Codebooks
 from pipeline.writer import (
@@ -47,12 +48,17 @@ def _fine(index: int) -> StageOutput:
     )
 
 
+def _take(index: int) -> TakeOrder:
+    return TakeOrder(seed=100 + index, expected_s=0.5)
+
+
 def _order(item_id: str, n: int) -> ItemOrder:
     return ItemOrder(
         item_id=item_id, title="T", extra={"row": 1}, voice="v2/en_speaker_6", voice_mode="chained", language="en",
         seed=5, model="tiny", fingerprint=FINGERPRINT, fingerprint_parts={"text": "t"},
         chunks=[
-            ChunkOrder(index=i, text=f"Chunk {i}.", n_tokens=3, seed=100 + i, voice="chunk", break_after="end" if i == n - 1 else "sentence")
+            ChunkOrder(index=i, text=f"Chunk {i}.", n_tokens=3, seed=100 + i, voice="chunk", break_after="end" if i == n - 1 else "sentence",
+                expected_s=0.5)
             for i in range(n)
         ],
         started=0.0,
@@ -63,7 +69,7 @@ def test_parts_are_kept_then_assembled_into_the_item_and_removed(tmp_path):
     store = LocalStore(tmp_path)
     writer = ItemWriter(store, OutputConfig(save_tokens=True), Codebooks.of(BarkSettings()))
     for index in (2, 0, 1):  # parts land in any order
-        receipt = writer.write_part(PartOrder(item_id="book/1", fingerprint=FINGERPRINT, index=index, keep_tokens=True), _audio(index), _fine(index))
+        receipt = writer.write_part(PartOrder(item_id="book/1", fingerprint=FINGERPRINT, index=index, keep_tokens=True, take=_take(index)), _audio(index), _fine(index))
         assert receipt.error is None
     names = list(store.list_keys(f"{PARTS_DIR}/"))
     assert names == [part_key("book/1", FINGERPRINT, i) for i in range(3)]
@@ -84,15 +90,16 @@ def test_parts_are_kept_then_assembled_into_the_item_and_removed(tmp_path):
 
 
 def test_a_part_round_trips_exactly_and_never_unpickles():
-    part = ChunkPart.made(_audio(1), _fine(1))
+    kept = _take(1).kept(judge(_audio(1).audio, RATE, 0.5, False, QualityConfig()))
+    part = ChunkPart.made(_audio(1), _fine(1), kept)
     back = ChunkPart.from_bytes(part.to_bytes())
     assert back.audio.dtype == np.float32 and np.array_equal(back.audio, part.audio)
-    assert back.sample_rate == RATE and back.timings == part.timings
+    assert back.sample_rate == RATE and back.timings == part.timings and back.kept == kept
     for stage in ("semantic", "coarse", "fine"):
         assert np.array_equal(back.tokens[stage], part.tokens[stage])
     voice = back.voice("chunk 1")
     assert np.array_equal(voice.fine_prompt, _fine(1).tokens)
-    assert ChunkPart.from_bytes(ChunkPart.made(_audio(0), None).to_bytes()).tokens is None
+    assert ChunkPart.from_bytes(ChunkPart.made(_audio(0), None, kept).to_bytes()).tokens is None
 
     buffer = io.BytesIO()
     np.savez(buffer, audio=np.array([object()], dtype=object))  # a pickled array where audio should be
@@ -103,7 +110,7 @@ def test_a_part_round_trips_exactly_and_never_unpickles():
 def test_an_item_whose_part_is_missing_fails_alone_and_keeps_its_parts(tmp_path):
     store = LocalStore(tmp_path)
     writer = ItemWriter(store, OutputConfig(), Codebooks.of(BarkSettings()))
-    writer.write_part(PartOrder(item_id="a", fingerprint=FINGERPRINT, index=0, keep_tokens=False), _audio(0))
+    writer.write_part(PartOrder(item_id="a", fingerprint=FINGERPRINT, index=0, keep_tokens=False, take=_take(0)), _audio(0))
     receipt = writer.finish(_order("a", 2))
     assert receipt.entry is None and receipt.error.startswith("storage: ") and "\n" not in receipt.error
     assert list(store.list_keys(f"{PARTS_DIR}/")) == [part_key("a", FINGERPRINT, 0)]

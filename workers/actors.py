@@ -215,7 +215,7 @@ class StageWorker:
             if f.error is not None:
                 pending.resolve(error=ChunkFailed(f"{self.stage}: {f.error}"))
                 continue
-            output = self._output(pending.request.key, f.tokens, pending.upstream, f.seconds)
+            output = self._output(pending.request, f.tokens, pending.upstream, f.seconds)
             if isinstance(output, AudioOutput):
                 self.metrics.audio_seconds(len(output.audio) / output.sample_rate)
             pending.resolve(output)
@@ -225,14 +225,17 @@ class StageWorker:
         for p in pendings:
             p.resolve(error=error)
 
-    def _output(self, key: str, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
+    def _output(self, request, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
         """This stage's tokens, with the chunk's earlier tokens carried along for chained voices."""
         carried: dict = {}
         timings = {self.stage: seconds}
         if upstream is not None:
-            carried = {"semantic": upstream.semantic, "coarse": upstream.coarse, self.upstream: upstream.tokens}
+            carried = {
+                "semantic": upstream.semantic, "coarse": upstream.coarse, self.upstream: upstream.tokens,
+                "ended_at_limit": upstream.ended_at_limit,
+            }
             timings = {**upstream.timings, **timings}
-        return StageOutput(key=key, tokens=result, timings=timings, **carried)
+        return StageOutput(key=request.key, tokens=result, timings=timings, **carried)
 
     def _voice_from(self, history: StageOutput) -> VoicePrompt:
         """A voice prompt made of an earlier chunk's tokens, as far as this stage reads them."""
@@ -272,6 +275,11 @@ class SemanticWorker(_GptWorker):
     def _length(self, pending: _Pending) -> int:
         return len(pending.request.text_ids)
 
+    def _output(self, request, result, upstream: None, seconds: float) -> StageOutput:
+        """The semantic tokens, and whether the chunk ran to its length cap without ending (a retake sign)."""
+        ended_at_limit = len(result) >= self._engine.policy.limit(request.sampling)
+        return StageOutput(key=request.key, tokens=result, timings={self.stage: seconds}, ended_at_limit=ended_at_limit)
+
 
 @ray.remote
 class CoarseWorker(_GptWorker):
@@ -303,9 +311,12 @@ class CodecWorker(StageWorker):
     def _build_engine(self) -> Engine:
         return CodecEngine(self.model, self.config.batch_size)
 
-    def _output(self, key: str, result, upstream: StageOutput, seconds: float) -> AudioOutput:
+    def _output(self, request, result, upstream: StageOutput, seconds: float) -> AudioOutput:
         timings = {**upstream.timings, self.stage: seconds}
-        return AudioOutput(key=key, audio=result, sample_rate=self.settings.sample_rate, timings=timings)
+        return AudioOutput(
+            key=request.key, audio=result, sample_rate=self.settings.sample_rate, timings=timings,
+            ended_at_limit=upstream.ended_at_limit,
+        )
 
 
 WORKER_CLASSES = {

@@ -68,6 +68,9 @@ class StageOutput(Record):
     semantic: np.ndarray | None = None
     coarse: np.ndarray | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    ended_at_limit: bool = Field(
+        default=False, description="the semantic stage stopped at its length cap, not at an end (EOS), for this chunk"
+    )
 
 
 class AudioOutput(Record):
@@ -75,6 +78,7 @@ class AudioOutput(Record):
     audio: np.ndarray  # (samples,) float32
     sample_rate: int
     timings: dict[str, float] = Field(default_factory=dict)
+    ended_at_limit: bool = False  # carried from the semantic stage (see StageOutput)
 
 
 class BatchRecord(Record):

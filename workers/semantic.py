@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from workers.engine import RowPlan
+from workers.config import SemanticSampling
 from workers.records import SemanticRequest
 from workers.settings import BarkSettings
 
@@ -53,11 +54,15 @@ class SemanticPolicy:
         s = request.sampling
         return RowPlan.for_request(
             request,
-            limit=min(s.max_new_tokens or cfg.max_new_tokens, self.max_tokens),
+            limit=self.limit(s),
             context=_Prompt(text, history),
             min_eos_p=s.min_eos_p if s.stop_at_eos else None,
             allow_eos=s.stop_at_eos,
         )
+
+    def limit(self, sampling: SemanticSampling) -> int:
+        """The most semantic tokens a chunk generates: a chunk that made this many did not end by itself."""
+        return min(sampling.max_new_tokens or self.cfg.max_new_tokens, self.max_tokens)
 
     def prompt_length(self, context: _Prompt, generated: np.ndarray) -> int:
         return self.prompt_positions
