@@ -61,6 +61,7 @@ DEFAULT_CHUNKS_PER_GPU_S = ENGINE_GOAL_RTF / CHUNK_AUDIO_S
 SAMPLE_EVERY_S = 0.05  # how often the sampler thread reads the driver's counters
 WARM, COOL = 0.1, 0.9  # the sustained stretch: from 10% of the items done to 90%
 NODE = {"num_cpus": 8, "num_gpus": 8}  # each simulated worker node (logical: nothing runs on a GPU)
+FLOOR_GROUP = 16  # chunks per call in the grouped Ray-alone run: the scheduler's default max_group
 OBJECT_STORE_BYTES = 256 << 20  # per simulated node; Ray's default (30% of RAM each) would not fit five
 
 
@@ -310,28 +311,30 @@ def run_item(args, workdir: Path, checkpoint: Path, chunks: int) -> ItemResult:
 
 @dataclass(frozen=True)
 class FloorResult:
-    """Ray's own cost of a chunk: the same five calls, none of the job around them."""
+    """Ray's own cost of a chunk: the same five calls per group, none of the job around them."""
 
     chunks: int
+    group: int  # chunks per call (1: five calls per chunk)
     chunks_per_s: float
     cpu_ms_per_chunk: float
 
 
-def ray_floor(chunks: int, in_flight: int) -> FloorResult:
-    """Four chained stand-in calls and a fifth for the writer per chunk, ObjectRefs passed actor to
-    actor, one ``ray.wait`` per receipt, and nothing else: what any driver on Ray pays per chunk."""
+def ray_floor(chunks: int, in_flight: int, group: int = 1) -> FloorResult:
+    """Four chained stand-in calls and a fifth for the writer per group of ``group`` chunks (one
+    output ref per chunk at each stage), ObjectRefs passed actor to actor, one ``ray.wait`` per
+    receipt, and nothing else: what any driver on Ray pays per chunk."""
     import ray
 
     from standins import STANDIN_CLASSES
     from workers.config import ModelConfig, StageConfig
-    from workers.records import CodecRequest
+    from workers.records import CodecRequest, GroupEntry
 
     @ray.remote(num_cpus=0)
     class Sink:
-        """The writer's place: takes the audio, returns a receipt."""
+        """The writer's place: takes the group's audio, returns one receipt for all of it."""
 
-        async def write(self, audio) -> int:
-            return len(audio.audio)
+        async def write(self, *audio) -> list[int]:
+            return [len(a.audio) for a in audio]
 
     model, stage = ModelConfig(source="none"), StageConfig(num_gpus=0)
     actors = [cls.options(num_cpus=0).remote(model, stage) for cls in STANDIN_CLASSES.values()]
@@ -347,21 +350,23 @@ def ray_floor(chunks: int, in_flight: int) -> FloorResult:
     sent = done = 0
     started, cpu = time.perf_counter(), time.process_time()
     while done < chunks:
-        while sent < chunks and len(pending) < in_flight:
-            ref = None
+        while sent < chunks and len(pending) * group < in_flight:
+            n = min(group, chunks - sent)
+            refs: list = []
             for actor, request in zip(actors, requests):
-                ref = actor.process.remote(request, ref, None, None)
-            pending.add(sink.write.remote(ref))
-            sent += 1
+                entries = [GroupEntry(request=request, upstream=i if refs else None) for i in range(n)]
+                out = actor.process_group.options(num_returns=n).remote(entries, *refs)
+                refs = [out] if n == 1 else list(out)
+            pending.add(sink.write.remote(*refs))
+            sent += n
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            ray.get(ref)
+            done += len(ray.get(ref))
             pending.discard(ref)
-            done += 1
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     for actor in [*actors, sink]:
         ray.kill(actor)
-    return FloorResult(chunks, round(chunks / wall, 1), round(cpu / chunks * 1e3, 3))
+    return FloorResult(chunks, group, round(chunks / wall, 1), round(cpu / chunks * 1e3, 3))
 
 
 def print_profile(profiler: cProfile.Profile, chunks: int) -> None:
@@ -381,7 +386,7 @@ def machine() -> dict:
     }  # fmt: skip
 
 
-def print_table(layouts: list[LayoutResult], items: list[ItemResult], floor: FloorResult | None, args) -> None:
+def print_table(layouts: list[LayoutResult], items: list[ItemResult], floors: list[FloorResult], args) -> None:
     print(f"\ndriver ceiling: stand-in stages, {args.nodes} node(s), {args.items} one-chunk rows per run, "
           f"{args.audio_seconds:g} s of audio per chunk; GPUs at {args.chunks_per_gpu_s:g} chunks/s each")  # fmt: skip
     header = ("replicas/stage", "actors", "in flight", "items ok", "files", "chunks/s", "driver CPU ms/chunk",
@@ -391,9 +396,10 @@ def print_table(layouts: list[LayoutResult], items: list[ItemResult], floor: Flo
         row = (r.replicas, r.actors, r.in_flight, f"{r.ok}/{r.items}", r.files, r.chunks_per_s, r.cpu_ms_per_chunk,
                r.cpu_bound_chunks_per_s, r.gpus_fed, r.gpus_fed_cpu_bound, r.startup_s)  # fmt: skip
         print(" | ".join(str(v) for v in row))
-    if floor:
-        print(f"Ray alone (5 chained calls per chunk, no job): {floor.chunks_per_s} chunks/s, "
-              f"{floor.cpu_ms_per_chunk} driver CPU ms/chunk ({floor.chunks} chunks, 1 actor per stage)")  # fmt: skip
+    for f in floors:
+        calls = "5 chained calls per chunk" if f.group == 1 else f"5 chained calls per group of {f.group}"
+        print(f"Ray alone ({calls}, no job): {f.chunks_per_s} chunks/s, "
+              f"{f.cpu_ms_per_chunk} driver CPU ms/chunk ({f.chunks} chunks, 1 actor per stage)")  # fmt: skip
     if items:
         print("\naudio through the driver? one item each, stand-in stages, 1 replica per stage")
         print("chunks | audio s | ok | driver CPU s | driver CPU ms/chunk | driver RSS growth MB")
@@ -411,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="bark-driver-") as tmp:
             workdir = Path(tmp)
-            floor = ray_floor(args.floor_chunks, 64) if args.floor_chunks > 0 else None
+            floors = [ray_floor(args.floor_chunks, 64, group) for group in (1, FLOOR_GROUP)] if args.floor_chunks > 0 else []
             layouts = []
             for n, replicas in enumerate(args.replicas):
                 layouts.append(run_layout(args, workdir, checkpoint, replicas, args.profile and n == len(args.replicas) - 1))
@@ -422,13 +428,14 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print_table(layouts, items, floor, args)
+    print_table(layouts, items, floors, args)
     results = {
         "machine": machine(),
         "command": "python bench/driver.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "chunks_per_gpu_s": args.chunks_per_gpu_s,
         "layouts": [asdict(r) for r in layouts],
-        "ray_floor": asdict(floor) if floor else None,
+        "ray_floor": asdict(floors[0]) if floors else None,
+        "ray_floor_grouped": asdict(floors[1]) if floors else None,
         "items": [asdict(i) for i in items],
     }
     if args.json:
