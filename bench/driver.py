@@ -17,12 +17,14 @@ against one of a single chunk, the driver's RSS growth and CPU seconds for each.
 
     python bench/driver.py                                  # 1, 8, 32 replicas, 4 nodes, 3000 rows each
     python bench/driver.py --replicas 1 --nodes 1 --items 50 --long-chunks 3 --json out.json   # smoke size
-    python bench/driver.py --replicas 8 --profile           # cProfile of the driver, top functions
+    python bench/driver.py --replicas 8 --profile           # cProfile of the driver's loop (CPU time), top functions
 
 Use ``--items`` well above the in-flight bound: with fewer, every item is sent before
-the sustained stretch begins and the figures leave the sending out. A reference run
-of Ray alone (the same five calls per chunk, no job around them) says how much of
-the driver's CPU is Ray's and how much the job's.
+the sustained stretch begins and the figures leave the sending out. The job sends the
+chunks one turn of its loop has room for as a group (``--max-group``, the scheduler's
+``max_group``): one call per stage and one to the writer for the group. Two reference
+runs of Ray alone (the same five calls per chunk, and per group of 16, no job around
+them) say how much of the driver's CPU is Ray's and how much the job's.
 
 On a machine with few cores the stand-in actors, the writers and Ray's own
 processes share the CPUs with the driver, so the wall-clock rate is a floor; the
@@ -61,6 +63,7 @@ DEFAULT_CHUNKS_PER_GPU_S = ENGINE_GOAL_RTF / CHUNK_AUDIO_S
 SAMPLE_EVERY_S = 0.05  # how often the sampler thread reads the driver's counters
 WARM, COOL = 0.1, 0.9  # the sustained stretch: from 10% of the items done to 90%
 NODE = {"num_cpus": 8, "num_gpus": 8}  # each simulated worker node (logical: nothing runs on a GPU)
+MAX_GROUP = 16  # the scheduler's default max_group; also the chunks per call of the grouped Ray-alone run
 OBJECT_STORE_BYTES = 256 << 20  # per simulated node; Ray's default (30% of RAM each) would not fit five
 
 
@@ -82,6 +85,7 @@ class LayoutResult:
     nodes: int
     actors: int  # stage actors plus writers
     in_flight: int
+    group: int  # most chunks per call (scheduler.max_group, capped by the replicas it must feed)
     items: int
     ok: int
     failed: int
@@ -116,7 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=4, help="simulated worker nodes (1: the head node alone)")
     parser.add_argument("--items", type=int, default=3000, help="one-chunk rows per run")
     parser.add_argument("--audio-seconds", type=float, default=1.0, help="audio per chunk in the throughput runs")
-    parser.add_argument("--in-flight", type=int, help="scheduler.max_chunks_in_flight (default: max(64, 8 x replicas))")
+    parser.add_argument(
+        "--in-flight", type=int,
+        help="scheduler.max_chunks_in_flight (default: 4 groups of --max-group per replica, at least 64)",
+    )  # fmt: skip
+    parser.add_argument("--max-group", type=int, default=MAX_GROUP, help=f"scheduler.max_group (default {MAX_GROUP}; 1: no groups)")
     parser.add_argument(
         "--chunks-per-gpu-s", type=float, default=DEFAULT_CHUNKS_PER_GPU_S,
         help=f"chunks one GPU makes per second (default {DEFAULT_CHUNKS_PER_GPU_S:g}: bark-small's engine goal, "
@@ -126,7 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long-audio-seconds", type=float, default=10.0, help="audio per chunk in the audio check")
     parser.add_argument("--floor-chunks", type=int, default=1500, help="chunks of the Ray-alone reference run (0: skip)")
     parser.add_argument("--model", type=Path, help="the checkpoint whose tokenizer and settings the driver loads")
-    parser.add_argument("--profile", action="store_true", help="cProfile the driver in the last layout; print the top")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the driver's loop thread (its CPU time) in the last layout; print the top"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -161,7 +171,7 @@ def tiny_checkpoint(model: Path | None) -> Path:
     return directory if (directory / MARKER_FILE).is_file() else make_tiny_model(directory, seed=0, overwrite=True)
 
 
-def job_config(workdir: Path, checkpoint: Path, replicas: int, in_flight: int, audio_seconds: float, spread: bool):
+def job_config(workdir: Path, checkpoint: Path, replicas: int, in_flight: int, max_group: int, audio_seconds: float, spread: bool):
     """configs/tiny.yaml with stand-in-sized stages: no GPU, no CPU reserved (128 replicas fit
     anywhere), one chunk's audio fixed by the semantic length, and replicas spread over the nodes."""
     import yaml
@@ -173,7 +183,7 @@ def job_config(workdir: Path, checkpoint: Path, replicas: int, in_flight: int, a
     raw["model"] = {"source": str(checkpoint), "format": "hf"}
     raw["stages"] = {s: {"replicas": replicas, "num_gpus": 0, "num_cpus": 0} for s in ("semantic", "coarse", "fine", "codec")}
     raw["sampling"]["semantic"].update(max_new_tokens=semantic_tokens_for(audio_seconds), stop_at_eos=False)
-    raw["scheduler"] = {"max_chunks_in_flight": in_flight}
+    raw["scheduler"] = {"max_chunks_in_flight": in_flight, "max_group": max_group}
     raw["placement"] = {"strategy": "SPREAD" if spread else "none"}
     path = workdir / f"job-{replicas}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -234,7 +244,7 @@ def run_job(config, output: Path, items, profile: bool = False):
     from standins import STANDIN_CLASSES
 
     job = NarrationJob(config, str(output), quiet=True, worker_classes=STANDIN_CLASSES)
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.thread_time) if profile else None  # the loop's CPU, not its waits
     with Sampler(job) as sampler:
         if profiler:
             profiler.enable()
@@ -271,9 +281,10 @@ def count_output(output: Path) -> tuple[int, int]:
 
 def run_layout(args, workdir: Path, checkpoint: Path, replicas: int, profile: bool) -> LayoutResult:
     from pipeline.datasets import iter_dataset_items
+    from pipeline.scheduler import group_limit
 
-    in_flight = args.in_flight or max(64, 8 * replicas)
-    config = job_config(workdir, checkpoint, replicas, in_flight, args.audio_seconds, spread=args.nodes > 1)
+    in_flight = args.in_flight or max(64, 4 * args.max_group * replicas)
+    config = job_config(workdir, checkpoint, replicas, in_flight, args.max_group, args.audio_seconds, spread=args.nodes > 1)
     rows = write_rows(workdir / f"rows-{replicas}.jsonl", args.items)
     output = workdir / f"out-{replicas}"
     summary, samples, profiler = run_job(config, output, iter_dataset_items(str(rows)), profile)
@@ -283,7 +294,8 @@ def run_layout(args, workdir: Path, checkpoint: Path, replicas: int, profile: bo
     if profiler:
         print_profile(profiler, summary.chunks)
     return LayoutResult(
-        replicas=replicas, nodes=args.nodes, actors=5 * replicas, in_flight=in_flight, items=args.items,
+        replicas=replicas, nodes=args.nodes, actors=5 * replicas, in_flight=in_flight,
+        group=group_limit(config.scheduler, replicas), items=args.items,
         ok=summary.ok, failed=summary.failed, files=files, manifest_ok=manifest_ok, chunks=summary.chunks,
         audio_s_per_chunk=round(summary.audio_s / max(summary.chunks, 1), 3),
         chunks_per_s=round(rate, 1), cpu_ms_per_chunk=round(cpu * 1e3, 3),
@@ -297,7 +309,7 @@ def run_item(args, workdir: Path, checkpoint: Path, chunks: int) -> ItemResult:
     """One item of ``chunks`` chunks of ``--long-audio-seconds`` each, one replica per stage."""
     from pipeline.sources import Item
 
-    config = job_config(workdir, checkpoint, 1, 64, args.long_audio_seconds, spread=args.nodes > 1)
+    config = job_config(workdir, checkpoint, 1, 64, args.max_group, args.long_audio_seconds, spread=args.nodes > 1)
     output = workdir / f"item-{chunks}"
     summary, samples, _ = run_job(config, output, iter([Item(id=f"long-{chunks}", text=long_text(chunks))]))
     before = next(s for s in samples if s.ready)
@@ -310,28 +322,30 @@ def run_item(args, workdir: Path, checkpoint: Path, chunks: int) -> ItemResult:
 
 @dataclass(frozen=True)
 class FloorResult:
-    """Ray's own cost of a chunk: the same five calls, none of the job around them."""
+    """Ray's own cost of a chunk: the same five calls per group, none of the job around them."""
 
     chunks: int
+    group: int  # chunks per call (1: five calls per chunk)
     chunks_per_s: float
     cpu_ms_per_chunk: float
 
 
-def ray_floor(chunks: int, in_flight: int) -> FloorResult:
-    """Four chained stand-in calls and a fifth for the writer per chunk, ObjectRefs passed actor to
-    actor, one ``ray.wait`` per receipt, and nothing else: what any driver on Ray pays per chunk."""
+def ray_floor(chunks: int, in_flight: int, group: int = 1) -> FloorResult:
+    """Four chained stand-in calls and a fifth for the writer per group of ``group`` chunks (one
+    output ref per chunk at each stage), ObjectRefs passed actor to actor, one ``ray.wait`` per
+    receipt, and nothing else: what any driver on Ray pays per chunk."""
     import ray
 
     from standins import STANDIN_CLASSES
     from workers.config import ModelConfig, StageConfig
-    from workers.records import CodecRequest
+    from workers.records import CodecRequest, GroupEntry
 
     @ray.remote(num_cpus=0)
     class Sink:
-        """The writer's place: takes the audio, returns a receipt."""
+        """The writer's place: takes the group's audio, returns one receipt for all of it."""
 
-        async def write(self, audio) -> int:
-            return len(audio.audio)
+        async def write(self, *audio) -> list[int]:
+            return [len(a.audio) for a in audio]
 
     model, stage = ModelConfig(source="none"), StageConfig(num_gpus=0)
     actors = [cls.options(num_cpus=0).remote(model, stage) for cls in STANDIN_CLASSES.values()]
@@ -347,28 +361,30 @@ def ray_floor(chunks: int, in_flight: int) -> FloorResult:
     sent = done = 0
     started, cpu = time.perf_counter(), time.process_time()
     while done < chunks:
-        while sent < chunks and len(pending) < in_flight:
-            ref = None
+        while sent < chunks and len(pending) * group < in_flight:
+            n = min(group, chunks - sent)
+            refs: list = []
             for actor, request in zip(actors, requests):
-                ref = actor.process.remote(request, ref, None, None)
-            pending.add(sink.write.remote(ref))
-            sent += 1
+                entries = [GroupEntry(request=request, upstream=i if refs else None) for i in range(n)]
+                out = actor.process_group.options(num_returns=n).remote(entries, *refs)
+                refs = [out] if n == 1 else list(out)
+            pending.add(sink.write.remote(*refs))
+            sent += n
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            ray.get(ref)
+            done += len(ray.get(ref))
             pending.discard(ref)
-            done += 1
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     for actor in [*actors, sink]:
         ray.kill(actor)
-    return FloorResult(chunks, round(chunks / wall, 1), round(cpu / chunks * 1e3, 3))
+    return FloorResult(chunks, group, round(chunks / wall, 1), round(cpu / chunks * 1e3, 3))
 
 
 def print_profile(profiler: cProfile.Profile, chunks: int) -> None:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
     stats.print_stats(25)
-    print(f"\ndriver profile ({chunks} chunks), by own time:\n{out.getvalue()}", flush=True)
+    print(f"\ndriver profile ({chunks} chunks), the loop thread's CPU seconds, by own time:\n{out.getvalue()}", flush=True)
 
 
 def machine() -> dict:
@@ -381,19 +397,20 @@ def machine() -> dict:
     }  # fmt: skip
 
 
-def print_table(layouts: list[LayoutResult], items: list[ItemResult], floor: FloorResult | None, args) -> None:
+def print_table(layouts: list[LayoutResult], items: list[ItemResult], floors: list[FloorResult], args) -> None:
     print(f"\ndriver ceiling: stand-in stages, {args.nodes} node(s), {args.items} one-chunk rows per run, "
           f"{args.audio_seconds:g} s of audio per chunk; GPUs at {args.chunks_per_gpu_s:g} chunks/s each")  # fmt: skip
-    header = ("replicas/stage", "actors", "in flight", "items ok", "files", "chunks/s", "driver CPU ms/chunk",
+    header = ("replicas/stage", "actors", "in flight", "group", "items ok", "files", "chunks/s", "driver CPU ms/chunk",
               "CPU-bound chunks/s", "GPUs fed", "GPUs fed (CPU-bound)", "start-up s")  # fmt: skip
     print(" | ".join(header))
     for r in layouts:
-        row = (r.replicas, r.actors, r.in_flight, f"{r.ok}/{r.items}", r.files, r.chunks_per_s, r.cpu_ms_per_chunk,
+        row = (r.replicas, r.actors, r.in_flight, r.group, f"{r.ok}/{r.items}", r.files, r.chunks_per_s, r.cpu_ms_per_chunk,
                r.cpu_bound_chunks_per_s, r.gpus_fed, r.gpus_fed_cpu_bound, r.startup_s)  # fmt: skip
         print(" | ".join(str(v) for v in row))
-    if floor:
-        print(f"Ray alone (5 chained calls per chunk, no job): {floor.chunks_per_s} chunks/s, "
-              f"{floor.cpu_ms_per_chunk} driver CPU ms/chunk ({floor.chunks} chunks, 1 actor per stage)")  # fmt: skip
+    for f in floors:
+        calls = "5 chained calls per chunk" if f.group == 1 else f"5 chained calls per group of {f.group}"
+        print(f"Ray alone ({calls}, no job): {f.chunks_per_s} chunks/s, "
+              f"{f.cpu_ms_per_chunk} driver CPU ms/chunk ({f.chunks} chunks, 1 actor per stage)")  # fmt: skip
     if items:
         print("\naudio through the driver? one item each, stand-in stages, 1 replica per stage")
         print("chunks | audio s | ok | driver CPU s | driver CPU ms/chunk | driver RSS growth MB")
@@ -411,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="bark-driver-") as tmp:
             workdir = Path(tmp)
-            floor = ray_floor(args.floor_chunks, 64) if args.floor_chunks > 0 else None
+            floors = [ray_floor(args.floor_chunks, 64, group) for group in (1, MAX_GROUP)] if args.floor_chunks > 0 else []
             layouts = []
             for n, replicas in enumerate(args.replicas):
                 layouts.append(run_layout(args, workdir, checkpoint, replicas, args.profile and n == len(args.replicas) - 1))
@@ -422,13 +439,14 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print_table(layouts, items, floor, args)
+    print_table(layouts, items, floors, args)
     results = {
         "machine": machine(),
         "command": "python bench/driver.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "chunks_per_gpu_s": args.chunks_per_gpu_s,
         "layouts": [asdict(r) for r in layouts],
-        "ray_floor": asdict(floor) if floor else None,
+        "ray_floor": asdict(floors[0]) if floors else None,
+        "ray_floor_grouped": asdict(floors[1]) if floors else None,
         "items": [asdict(i) for i in items],
     }
     if args.json:

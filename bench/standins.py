@@ -1,8 +1,8 @@
 """Instant stand-ins for the four stage actors, for measuring the driver alone (``bench/driver.py``).
 
 Each is a Ray actor with the methods the pipeline calls on a stage replica
-(``process``, ``placement``, ``stats``, ``received``), async like the real
-ones, taking the same requests and returning the same records
+(``process_group``, ``placement``, ``stats``, ``received``, ``calls``), async
+like the real ones, taking the same requests and returning the same records
 (:mod:`workers.records`) with correctly shaped tokens and audio, but with no
 model: a chunk costs its stage only the making of a few arrays. The chunk's
 length follows its request as in Bark: the semantic stand-in makes exactly
@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from workers.config import ModelConfig, StageConfig
-from workers.records import AudioOutput, BatchRecord, CodecRequest, SemanticRequest, StageOutput, VoicePrompt
+from workers.records import AudioOutput, BatchRecord, ChunkFailure, CodecRequest, GroupEntry, SemanticRequest, StageOutput
 
 # Bark's rates (the stand-ins load no generation config, so they are fixed here).
 SEMANTIC_RATE_HZ = 49.9  # semantic tokens per second of audio
@@ -50,6 +50,7 @@ class _StandIn:
         self.config = config
         self.replica = replica
         self.chunks_received = 0
+        self.calls_received = 0
         self._spans: list[BatchRecord] = []
         self._audio: dict[int, np.ndarray] = {}  # samples -> one tone, made once and reused
 
@@ -66,27 +67,30 @@ class _StandIn:
             "pid": os.getpid(),
         }
 
-    async def process(
-        self,
-        request,
-        upstream: StageOutput | None = None,
-        history: StageOutput | None = None,
-        voice: VoicePrompt | None = None,
-    ) -> StageOutput | AudioOutput:
-        """One chunk at once: no queue, no batch (the driver, not the stages, is measured)."""
-        self.chunks_received += 1
+    async def process_group(self, entries: list[GroupEntry], *inputs):
+        """A group's chunks at once: no queue, no batch (the driver, not the stages, is measured). A
+        failed upstream is passed on, as the real stages do; the history and voice are not read."""
+        self.calls_received += 1
+        self.chunks_received += len(entries)
         started = time.time()
-        output = self._make(request, upstream)
-        self._spans.append(BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=time.time(), size=1))
+        outputs = []
+        for entry in entries:
+            upstream = inputs[entry.upstream] if entry.upstream is not None else None
+            failed = isinstance(upstream, ChunkFailure)
+            outputs.append(upstream if failed else self._make(entry.request, upstream))
+        self._spans.append(BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=time.time(), size=len(entries)))
         if len(self._spans) > 10_000:
             del self._spans[:5_000]
-        return output
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def stats(self, since: float = 0.0) -> list[BatchRecord]:
         return [span for span in self._spans if span.ended > since]
 
     def received(self) -> int:
         return self.chunks_received
+
+    def calls(self) -> int:
+        return self.calls_received
 
     def _make(self, request, upstream: StageOutput | None) -> StageOutput | AudioOutput:
         raise NotImplementedError

@@ -425,6 +425,13 @@ class SchedulerConfig(Strict):
     max_chunks_in_flight: int = Field(
         default=64, ge=1, description="chunks inside the stages and the writers at once, counted across items and within one"
     )
+    max_group: int = Field(
+        default=16,
+        ge=1,
+        description="chunks sent to a stage (and to a writer) in one call, when several are ready at once: fewer calls "
+        "for the driver to make, but a group's outputs move on when its last chunk is done; a group is also at most "
+        "a quarter of max_chunks_in_flight per replica of the widest stage, so every replica has groups to work on",
+    )
 
 
 class WriterConfig(Strict):

@@ -12,6 +12,11 @@ planned at once but sent only when there is room. A chunk that continues an
 earlier chunk's voice (chained voices, or a random voice fixed by the first
 chunk) is handed that chunk's ObjectRefs, and Ray runs it once they exist. A
 failing chunk fails its item alone; its later chunks are not sent.
+
+The chunks one turn of the loop has room for go out as a group (at most
+:attr:`StagePipeline.group_limit`): one call per stage and one to a writer for
+all of them, since a call, not a chunk, is what costs the driver most. Each
+chunk keeps its own refs and its own receipt inside the group's one answer.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pipeline.shards import Shard, select
 from pipeline.sources import Item, ItemError
 from pipeline.speech_time import estimate_speech_seconds
 from pipeline.stop import StopRequested
-from pipeline.writer import ChunkOrder, ItemOrder, ItemReceipt, PartOrder, PartReceipt
+from pipeline.writer import ChunkOrder, ChunkWrite, ItemOrder, ItemReceipt, PartOrder, PartReceipt
 from pipeline.writer_pool import WriterPool
 from workers.checkpoints import load_settings_for, load_tokenizer, resolve_text_dir
 from workers.records import VoicePrompt
@@ -90,6 +95,25 @@ class _ItemRun:
     def take(self, index: int) -> int:
         """The take of a chunk to send next: one past its rejected ones."""
         return len(self.rejected.get(index, ()))
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """A chunk of the group being gathered: sent with the others at the end of the loop's turn."""
+
+    run: _ItemRun
+    index: int
+    take: TakeOrder
+    work: ChunkWork
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A chunk sent through the stages, until its receipt is back."""
+
+    run: _ItemRun
+    index: int
+    refs: ChunkRefs
 
 
 class NarrationJob:
@@ -150,7 +174,8 @@ class NarrationJob:
         self._sending: deque[_ItemRun] = deque()  # admitted items with chunks still to send, in order
         self._retakes: deque[tuple[_ItemRun, int]] = deque()  # chunks whose take was implausible, to send again
         self._input_exhausted = False
-        self._in_flight: dict[ray.ObjectRef, tuple[_ItemRun, int, ChunkRefs]] = {}  # chunk receipts
+        self._in_flight: dict[ray.ObjectRef, list[_Sent]] = {}  # a group's receipts (one object), by the chunks sent
+        self._chunks_in_flight = 0  # chunks of those groups: what max_chunks_in_flight bounds
         self._finishing: dict[ray.ObjectRef, _ItemRun] = {}  # items being assembled from their parts
         self.books = BookTracker(config.output)  # with output.audiobook: which books are whole
 
@@ -192,7 +217,7 @@ class NarrationJob:
             while not self.stop_requested:
                 exhausted = self._send_while_room(items)
                 waiting = [*self._in_flight, *self._finishing]
-                self.ledger.chunks_in_flight(len(self._in_flight))
+                self.ledger.chunks_in_flight(self._chunks_in_flight)
                 if not waiting:
                     if exhausted and not self._sending and not self._retakes:
                         finished = True
@@ -203,7 +228,7 @@ class NarrationJob:
                     self._receive(ref)
             if not finished:
                 self._receive_what_is_back()
-            self.ledger.chunks_in_flight(len(self._in_flight))
+            self.ledger.chunks_in_flight(self._chunks_in_flight)
             if finished:
                 self._write_books()
                 finished = not self.stop_requested  # stopped while the books were made: not all done
@@ -224,14 +249,23 @@ class NarrationJob:
         return summary
 
     def _send_while_room(self, items: Iterator[Item | ItemError]) -> bool:
-        """Admits items and sends their chunks, in order, until the bound is reached; True once the
-        input is exhausted (or a stop came while the actors started)."""
+        """Admits items and gathers their chunks, in order, until the bound is reached, sending them
+        in groups; True once the input is exhausted (or a stop came while the actors started)."""
+        group: list[_Outgoing] = []
+        exhausted = self._gather(items, group)
+        if group and not self.stop_requested:
+            self._send_group(group)
+        return exhausted
+
+    def _gather(self, items: Iterator[Item | ItemError], group: list[_Outgoing]) -> bool:
+        """The loop's turn: the chunks there is room for, into ``group``; a full group, or a chunk
+        that continues one of the group's own, sends the group first."""
         limit = self.config.scheduler.max_chunks_in_flight
-        while len(self._in_flight) < limit and not self.stop_requested:
+        while self._chunks_in_flight + len(group) < limit and not self.stop_requested:
             if self._retakes:
                 run, index = self._retakes.popleft()
                 if run.error is None:
-                    self._send(run, index)
+                    self._add(group, run, index)
                 continue
             sendable = self._next_sendable()
             if sendable is None:
@@ -248,7 +282,7 @@ class NarrationJob:
                 continue
             if self.writers is None and not self._start_pipeline():
                 return True  # stopped while the actors were starting
-            self._send(*sendable)
+            self._add(group, *sendable)
         return False
 
     def _next_sendable(self) -> tuple[_ItemRun, int] | None:
@@ -263,6 +297,80 @@ class NarrationJob:
             elif run.may_send(index):
                 return run, index
         return None
+
+    def _add(self, group: list[_Outgoing], run: _ItemRun, index: int) -> None:
+        """A chunk into the group; a full group, or one holding the chunk this one continues, is sent first."""
+        source = run.plan.sources[index]
+        if group and (
+            len(group) >= self.pipeline.group_limit
+            or (source is not None and any(o.run is run and o.index == source for o in group))
+        ):  # a chunk's history must exist before the call that reads it
+            self._send_group(group)
+            group.clear()
+        take = self._take(run, index)
+        group.append(_Outgoing(run, index, take, self._work(run, index, take)))
+        run.outstanding += 1
+        run.next_index = max(run.next_index, index + 1)
+
+    def _take(self, run: _ItemRun, index: int) -> TakeOrder:
+        """Which take of the chunk goes now (one past its rejected ones), its seed, and its text's speech time."""
+        plan, take = run.plan, run.take(index)
+        return TakeOrder(
+            take=take,
+            seed=take_seed(plan.seeds[index], take),
+            expected_s=estimate_speech_seconds(plan.chunks[index].text, plan.language),
+            rejected=tuple(run.rejected.get(index, ())),
+        )
+
+    def _work(self, run: _ItemRun, index: int, take: TakeOrder) -> ChunkWork:
+        """A chunk as the stages take it, voiced by the item's voice or continuing an earlier chunk."""
+        plan = run.plan
+        source = plan.sources[index]
+        history = run.refs.get(source) if source is not None else None
+        voice = plan.spec.voice if source is None else self._earlier_voice(run, source)
+        return ChunkWork(
+            key=f"{plan.item.id}#{index}",
+            text_ids=list(self.planner.token_ids(plan.chunks[index].text)),
+            voice=voice if history is None else plan.spec.voice,
+            seed=take.seed,
+            sampling=plan.spec.sampling,
+            history=history,
+        )
+
+    def _send_group(self, group: list[_Outgoing]) -> None:
+        """Sends a group through the stages (one call each) to the writer beside its codec replica (one
+        call, its audio and tokens as top-level arguments: the audio of chunk i is argument i)."""
+        submitted = self.pipeline.submit([o.work for o in group])
+        self.narrating = True
+        save_tokens = self.config.output.save_tokens
+        writes: list[ChunkWrite] = []
+        fines: list[ray.ObjectRef] = []
+        sent: list[_Sent] = []
+        for i, (o, refs) in enumerate(zip(group, submitted)):
+            run, index, plan = o.run, o.index, o.run.plan
+            if run.n_chunks == 1:
+                order, keep_tokens = self._order(run), save_tokens
+            else:
+                keep_tokens = save_tokens or plan.has_followers(index)
+                order = PartOrder(
+                    item_id=plan.item.id, fingerprint=plan.spec.fingerprint.value, index=index, keep_tokens=keep_tokens,
+                    take=o.take,
+                )
+            if keep_tokens:
+                fines.append(refs.fine)
+            writes.append(
+                ChunkWrite(order=order, take=o.take, audio=i, fine=len(group) + len(fines) - 1 if keep_tokens else None)
+            )
+            sent.append(_Sent(run, index, refs))
+            if plan.has_followers(index):
+                run.refs[index] = refs  # a retake's refs replace the rejected take's
+            source = plan.sources[index]
+            if source is not None and not run.judged and plan.last_follower[source] == index:
+                self._release_source(run, source)  # its last follower is sent (judged: once that one is kept)
+        writer = self.writers.beside(submitted[0].codec_replica)  # a group is on one replica of each stage
+        receipt = writer.write_group.remote(writes, *(refs.audio for refs in submitted), *fines)
+        self._in_flight[receipt] = sent
+        self._chunks_in_flight += len(sent)
 
     def _receive_what_is_back(self) -> None:
         """After a stop: records the receipts already back (items a writer has written), without waiting
@@ -326,18 +434,23 @@ class NarrationJob:
         resumes from."""
         if self.pipeline is None:
             return
+        sent = [chunk for group in self._in_flight.values() for chunk in group]
         pending = list(self._finishing) + list(self._in_flight)
-        for _run, _index, refs in self._in_flight.values():
-            pending.extend((refs.audio, refs.fine, refs.coarse, refs.semantic))
+        for chunk in sent:
+            pending.extend((chunk.refs.audio, chunk.refs.fine, chunk.refs.coarse, chunk.refs.semantic))
+        calls: set[bytes] = set()  # a group's refs at one stage are one call: cancelled once
         for ref in pending:
+            if (call := ref.task_id().binary()) in calls:
+                continue
+            calls.add(call)
             try:
                 ray.cancel(ref)
             except Exception:  # noqa: BLE001 - finished meanwhile, or Ray is going away: nothing to cancel
                 pass
-        if self._in_flight:
-            log.info("stopping: %d chunks in flight cancelled", len(self._in_flight))
-        for _run, _index, refs in self._in_flight.values():
-            self.pipeline.finished(refs)  # a shared pipeline's next job starts with these replicas' counts at rest
+        if sent:
+            log.info("stopping: %d chunks in flight cancelled", len(sent))
+        for chunk in sent:
+            self.pipeline.finished(chunk.refs)  # a shared pipeline's next job starts with these replicas' counts at rest
         if self.writers is not None:
             self.writers.shutdown()
         if self._owns_pipeline:
@@ -377,47 +490,6 @@ class NarrationJob:
             ledger.resumed(item.id, len(finished), len(plan.chunks))
         self.progress.item_planned(item.id, len(plan.chunks) - len(finished))
         return _ItemRun(plan, finished, judged=self.config.quality.retakes > 0, changed=verdict.changed)
-
-    def _send(self, run: _ItemRun, index: int) -> None:
-        """Sends one take of a chunk through the stages to the writer beside its codec replica."""
-        plan = run.plan
-        source = plan.sources[index]
-        history = run.refs.get(source) if source is not None else None
-        voice = plan.spec.voice if source is None else self._earlier_voice(run, source)
-        chunk = plan.chunks[index]
-        take = TakeOrder(
-            take=run.take(index),
-            seed=take_seed(plan.seeds[index], run.take(index)),
-            expected_s=estimate_speech_seconds(chunk.text, plan.language),
-            rejected=tuple(run.rejected.get(index, ())),
-        )
-        work = ChunkWork(
-            key=f"{plan.item.id}#{index}",
-            text_ids=list(self.planner.token_ids(chunk.text)),
-            voice=voice if history is None else plan.spec.voice,
-            seed=take.seed,
-            sampling=plan.spec.sampling,
-            history=history,
-        )
-        [refs] = self.pipeline.submit([work])
-        self.narrating = True
-        writer = self.writers.beside(refs.codec_replica)
-        save_tokens = self.config.output.save_tokens
-        if run.n_chunks == 1:
-            receipt = writer.write_item.remote(self._order(run), refs.audio, refs.fine if save_tokens else None, take)
-        else:
-            keep_tokens = save_tokens or plan.has_followers(index)
-            order = PartOrder(
-                item_id=plan.item.id, fingerprint=plan.spec.fingerprint.value, index=index, keep_tokens=keep_tokens, take=take
-            )
-            receipt = writer.write_part.remote(order, refs.audio, refs.fine if keep_tokens else None)
-        self._in_flight[receipt] = (run, index, refs)
-        run.outstanding += 1
-        run.next_index = max(run.next_index, index + 1)
-        if plan.has_followers(index):
-            run.refs[index] = refs  # a retake's refs replace the rejected take's
-        if source is not None and not run.judged and plan.last_follower[source] == index:
-            self._release_source(run, source)  # its last follower is sent (judged: once that one is kept)
 
     @staticmethod
     def _release_source(run: _ItemRun, source: int) -> None:
@@ -461,20 +533,31 @@ class NarrationJob:
         )
 
     def _receive(self, ref: ray.ObjectRef) -> None:
-        """A chunk's receipt (its part written, or its one-chunk item) or an item's, from a writer."""
+        """A group's receipts (each chunk's part written, or its one-chunk item) or an item's, from a writer."""
         if ref in self._finishing:
             run = self._finishing.pop(ref)
-            self._record(run, self._get_receipt(ref, run, "item"))
+            receipt, error = _fetch(ref)
+            self._record(run, receipt if error is None else ItemReceipt(item_id=run.plan.item.id, error=f"item: {error}"))
             return
-        run, index, refs = self._in_flight.pop(ref)
+        sent = self._in_flight.pop(ref)
+        self._chunks_in_flight -= len(sent)
+        receipts, error = _fetch(ref)
+        if error is not None:  # the writer's call failed (a stage or writer that could not run): every chunk of it
+            receipts = [ItemReceipt(item_id=c.run.plan.item.id, error=f"chunk {c.index}: {error}") for c in sent]
+        for chunk, receipt in zip(sent, receipts, strict=True):
+            self._receive_chunk(chunk, receipt)
+
+    def _receive_chunk(self, chunk: _Sent, receipt: ItemReceipt | PartReceipt) -> None:
+        """One chunk's receipt: its one-chunk item recorded, or its part counted (the item assembled
+        once every part is in), or its error recording the item failed."""
+        run = chunk.run
         run.outstanding -= 1
-        self.pipeline.finished(refs)
-        receipt = self._get_receipt(ref, run, f"chunk {index}")
+        self.pipeline.finished(chunk.refs)
         if receipt.retake is not None:
-            self._retake(run, index, receipt.retake)
+            self._retake(run, chunk.index, receipt.retake)
             return
         if receipt.implausible is not None:
-            self.progress.chunk_kept_implausible(run.plan.item.id, index, receipt.implausible)
+            self.progress.chunk_kept_implausible(run.plan.item.id, chunk.index, receipt.implausible)
         if run.n_chunks == 1:
             self._record(run, receipt)
         elif receipt.error is not None:
@@ -482,10 +565,10 @@ class NarrationJob:
                 run.error = receipt.error
                 self._failed(run.plan.item.id, receipt.error, run.plan.spec.fingerprint)
         else:
-            run.finished.add(index)
-            source = run.plan.sources[index]
-            if run.judged and source is not None and run.plan.last_follower[source] == index:
-                self._release_source(run, source)
+            run.finished.add(chunk.index)
+            source = run.plan.sources[chunk.index]
+            if run.judged and source is not None and run.plan.last_follower[source] == chunk.index:
+                self._release_source(run, source)  # its last follower is kept: no retake will read it again
             self.progress.chunk_done(run.plan.item.id, receipt.audio_s)
             if run.all_sent:
                 self._settle(run)
@@ -498,15 +581,6 @@ class NarrationJob:
         )
         self.progress.chunk_retaken(run.plan.item.id, index, take + 1, reason)
         self._retakes.append((run, index))
-
-    @staticmethod
-    def _get_receipt(ref: ray.ObjectRef, run: _ItemRun, what: str) -> ItemReceipt | PartReceipt:
-        """The writer's receipt; a chunk that failed in a stage (or a writer that could not run)
-        comes back as a receipt with the innermost error, on one line."""
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            return ItemReceipt(item_id=run.plan.item.id, error=f"{what}: {_one_line(exc)}")
 
     def _settle(self, run: _ItemRun) -> None:
         """Every chunk of a multi-chunk item is sent: once all are back as parts, the item is assembled."""
@@ -567,6 +641,14 @@ class NarrationJob:
         self.progress.book_done(
             f"{order.book_id}: {record.uri}, {len(record.chapters)} chapters, {record.duration_s:.1f} s{state}"
         )
+
+
+def _fetch(ref: ray.ObjectRef) -> tuple[object, str | None]:
+    """A writer's answer, or (None, the innermost error on one line) when its call failed."""
+    try:
+        return ray.get(ref), None
+    except ray.exceptions.RayError as exc:
+        return None, _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,18 +1,22 @@
 """Deploys the four stage actors and streams chunks through them.
 
-The driver never waits between stages: for a chunk it calls semantic, passes
-the returned ObjectRef straight into the coarse call, that into fine, and that
-into the codec, all at once. Ray starts each call when its input exists; each
-actor gathers the chunks that reach it into its own batches. Only the final
-audio comes back to the driver.
+The driver never waits between stages: for a group of chunks (those it sends in
+one turn of its loop, at most :func:`group_limit`) it calls semantic once, passes
+the returned ObjectRefs straight into one coarse call, those into fine, and
+those into the codec, all at once. Each call returns one ref per chunk
+(``num_returns``), so a chunk's tokens, its history for the next chunk, its
+audio and its cancellation stay its own. Ray starts each call when its inputs
+exist; each actor queues a group's chunks one by one into its own batches, so a
+group is a transport unit, never a batching unit. Only the final audio comes
+back to the driver.
 
-Each stage's replica is the one with the least outstanding work: the fewest chunks
-submitted to it that the driver has not yet seen finish (:meth:`StagePipeline.finished`,
-called when a chunk's audio arrives, ends all four of its stages at once). A
-replica that falls behind keeps its chunks longer and so gets fewer new ones. A
-voice prompt is put in the object store once while chunks that read it are
-outstanding (:class:`VoiceShelf`) and reaches each actor as a top-level ref, not
-pickled into every stage request of every chunk.
+Each group goes, at each stage, to the replica with the least outstanding work:
+the fewest chunks submitted to it that the driver has not yet seen finish
+(:meth:`StagePipeline.finished`, called when a chunk's receipt arrives, ends all
+four of its stages at once). A replica that falls behind keeps its chunks longer
+and so gets fewer new ones. A voice prompt is put in the object store once while
+chunks that read it are outstanding (:class:`VoiceShelf`) and reaches each actor
+as a top-level ref, once per call, not pickled into every request.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from dataclasses import dataclass
 
 import ray
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, SchedulerConfig
 from workers.config import STAGE_NAMES, SamplingSet
 from pipeline.placement import StagePlacement
-from workers.records import BatchRecord, CodecRequest, CoarseRequest, FineRequest, SemanticRequest, VoicePrompt
+from workers.records import BatchRecord, CodecRequest, CoarseRequest, FineRequest, GroupEntry, SemanticRequest, VoicePrompt
 from pipeline.seeds import stage_seed
 from workers.actors import WORKER_CLASSES
 
@@ -68,6 +72,13 @@ class ChunkRefs:
     def codec_replica(self) -> int:
         """Where the chunk's audio is made: an item writer placed near it reads the audio locally."""
         return self.replicas[-1]
+
+
+def group_limit(scheduler: SchedulerConfig, widest: int) -> int:
+    """The most chunks in one group: ``max_group``, and no more than a quarter of the chunks in
+    flight per replica of the widest stage (``widest`` replicas), so that every replica of every
+    stage has groups to work on while the others are busy."""
+    return max(1, min(scheduler.max_group, scheduler.max_chunks_in_flight // (len(STAGE_NAMES) * widest)))
 
 
 def least_loaded(outstanding: Sequence[int]) -> int:
@@ -121,7 +132,7 @@ class StagePipeline:
         """``worker_classes``: the Ray actor class of each stage, ``workers.actors.WORKER_CLASSES``
         unless given. A benchmark and extension hook (``bench/driver.py`` swaps in instant
         stand-ins); a replacement takes ``(model, stage_config, replica)`` and serves
-        ``process``, ``placement``, ``stats`` and ``received`` as the real actors do."""
+        ``process_group``, ``placement``, ``stats``, ``received`` and ``calls`` as the real actors do."""
         self.config = config
         self.placement = StagePlacement(config, ray.cluster_resources().get("GPU", 0))
         self.replicas: dict[str, list] = {}
@@ -147,9 +158,47 @@ class StagePipeline:
         ``ray.wait`` and a timeout, and give up (a stop) while the cluster lacks room for an actor."""
         return [actor.placement.remote() for actors in self.replicas.values() for actor in actors]
 
+    @property
+    def group_limit(self) -> int:
+        """The most chunks :meth:`submit` takes at once (see :func:`group_limit`)."""
+        return group_limit(self.config.scheduler, max(len(actors) for actors in self.replicas.values()))
+
     def submit(self, chunks: Sequence[ChunkWork]) -> list[ChunkRefs]:
-        """Queues each chunk through all four stages at once; Ray starts each call when its inputs exist."""
-        return [self._submit_one(chunk) for chunk in chunks]
+        """Queues a group of chunks through all four stages at once, one call per stage, each to the
+        stage's least loaded replica; Ray starts each call when its inputs exist. The upstream outputs,
+        the histories and the voices go in as top-level arguments (each distinct ref once), so Ray
+        hands them to the actor resolved, straight from the object store; the entries say which
+        argument is whose. A chunk with a history reads its voice from that history."""
+        if not chunks:
+            return []
+        n = len(chunks)
+        voices = [self.voices.take(c.voice) if c.voice is not None and c.history is None else None for c in chunks]
+        outputs: dict[str, list[ray.ObjectRef]] = {}
+        chosen: list[int] = []
+        upstream: list[ray.ObjectRef] | None = None
+        for stage, requests in zip(STAGE_NAMES, zip(*(stage_requests(c) for c in chunks))):
+            replica = least_loaded(self.outstanding[stage])
+            self.outstanding[stage][replica] += n
+            chosen.append(replica)
+            arguments: dict[ray.ObjectRef, int] = {}  # each distinct ref once, by its place among the arguments
+            entries = [
+                GroupEntry(
+                    request=request,
+                    upstream=_place(arguments, upstream[i]) if upstream else None,
+                    history=_place(arguments, getattr(c.history, stage)) if c.history and stage != "codec" else None,
+                    voice=_place(arguments, voices[i]) if voices[i] is not None and stage != "codec" else None,
+                )
+                for i, (c, (_, request)) in enumerate(zip(chunks, requests))
+            ]
+            call = self.replicas[stage][replica].process_group.options(num_returns=n)
+            refs = call.remote(entries, *arguments)
+            upstream = outputs[stage] = [refs] if n == 1 else list(refs)
+        submitted = [
+            ChunkRefs(*(outputs[stage][i] for stage in STAGE_NAMES), replicas=tuple(chosen), voice=voices[i])
+            for i in range(n)
+        ]
+        self._open.update(c.audio.binary() for c in submitted)
+        return submitted
 
     def finished(self, refs: ChunkRefs) -> None:
         """The driver has the chunk's audio (or its error): every stage of it is done, so its
@@ -164,26 +213,6 @@ class StagePipeline:
         if refs.voice is not None:
             self.voices.release(refs.voice)
 
-    def _submit_one(self, c: ChunkWork) -> ChunkRefs:
-        """One call per stage, each to the stage's least loaded replica. The upstream output,
-        the history and the voice go in as top-level arguments, so Ray hands them to the actor
-        resolved, straight from the object store; the actor batches the chunk with whatever
-        else is waiting there. A chunk with a history reads its voice from that history."""
-        voice = self.voices.take(c.voice) if c.voice is not None and c.history is None else None
-        refs: list[ray.ObjectRef] = []
-        chosen: list[int] = []
-        for stage, request in stage_requests(c):
-            replica = least_loaded(self.outstanding[stage])
-            self.outstanding[stage][replica] += 1
-            chosen.append(replica)
-            history = getattr(c.history, stage) if c.history and stage != "codec" else None
-            upstream = refs[-1] if refs else None
-            actor = self.replicas[stage][replica]
-            refs.append(actor.process.remote(request, upstream, history, voice if stage != "codec" else None))
-        chunk = ChunkRefs(*refs, replicas=tuple(chosen), voice=voice)
-        self._open.add(chunk.audio.binary())
-        return chunk
-
     def stats(self, since: float = 0.0) -> list[BatchRecord]:
         """Every replica's forward-pass spans that ended after ``since`` (unix seconds)."""
         spans = ray.get([actor.stats.remote(since) for actors in self.replicas.values() for actor in actors])
@@ -196,6 +225,11 @@ class StagePipeline:
             for actor in actors:
                 ray.kill(actor)
         self.placement.remove()
+
+
+def _place(arguments: dict[ray.ObjectRef, int], ref: ray.ObjectRef) -> int:
+    """The index of ``ref`` among a call's arguments, adding it at the end the first time."""
+    return arguments.setdefault(ref, len(arguments))
 
 
 def stage_requests(c: ChunkWork) -> list[tuple[str, object]]:

@@ -15,6 +15,12 @@ It runs beside the codec replicas (a Ray actor per replica, see
   after resampling and before encoding;
 - an item of one chunk skips the part and is written at once.
 
+The driver sends the chunks of a group (those it sent through the stages
+together) in one call, :meth:`ItemWriter.write_group`, and gets their receipts
+back as one object; each chunk is still written on its own, by ``write_part``
+or ``write_item``, and a chunk that failed in a stage (its audio is a
+:class:`workers.records.ChunkFailure`) or in its write fails alone.
+
 This module is the one place that names an item's files (:class:`ItemFiles`)
 and its parts (:func:`part_key`). The class itself knows nothing of Ray.
 """
@@ -43,7 +49,7 @@ from pipeline.retakes import ChunkCheck, KeptTake, TakeOrder, judge
 from pipeline.storage import BOOKKEEPING_DIR, item_key
 from pipeline.subtitles import count_too_fast, cues_from_chunks, to_srt, to_vtt
 from pipeline.tokens import Codebooks, voice_npz_bytes
-from workers.records import AudioOutput, StageOutput, VoicePrompt
+from workers.records import AudioOutput, ChunkFailure, StageOutput, VoicePrompt
 
 PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<fingerprint digest>/<chunk index>.npz
 PART_INDEX_DIGITS = 6
@@ -144,6 +150,16 @@ class PartOrder(_Record):
     take: TakeOrder
 
 
+class ChunkWrite(_Record):
+    """One chunk of a group write: its order, and where among the call's top-level arguments (which
+    Ray resolves before the call) its audio and, where kept, its tokens are."""
+
+    order: PartOrder | ItemOrder
+    take: TakeOrder  # which take of the chunk it is (a part's order says it too)
+    audio: int
+    fine: int | None = None
+
+
 class PartReceipt(_Record):
     """A chunk kept as a part (``audio_s``: its audio's length, for the progress bar; ``implausible``: kept
     though it is, out of retakes), not kept because it must be made again (``retake``: why), or not
@@ -237,6 +253,37 @@ class ItemWriter:
     def ready(self) -> bool:
         """Answers once the writer is up: the job sends no chunk before its writers can take them."""
         return True
+
+    def write_group(self, writes: list[ChunkWrite], *outputs: AudioOutput | StageOutput | ChunkFailure) -> list[PartReceipt | ItemReceipt]:
+        """Every chunk of a group, one by one; their receipts in order, in one object."""
+        return [
+            self._write_chunk(w.order, w.take, outputs[w.audio], outputs[w.fine] if w.fine is not None else None)
+            for w in writes
+        ]
+
+    def _write_chunk(
+        self,
+        order: PartOrder | ItemOrder,
+        take: TakeOrder,
+        audio: AudioOutput | ChunkFailure,
+        fine: StageOutput | ChunkFailure | None,
+    ) -> PartReceipt | ItemReceipt:
+        """One chunk of a group: kept as a part, or written as its one-chunk item; a chunk that failed
+        in a stage, or whose write raised, gets its error receipt and its group mates go on."""
+        index = order.index if isinstance(order, PartOrder) else 0
+        try:
+            if isinstance(audio, ChunkFailure):
+                error = audio.error
+            elif isinstance(order, PartOrder):
+                return self.write_part(order, audio, fine)
+            else:
+                return self.write_item(order, audio, fine, take)
+        except Exception as exc:  # noqa: BLE001 - a fault of this chunk's write: its item fails, with one line
+            error = last_line(exc)
+        error = f"chunk {index}: {error}"
+        if isinstance(order, PartOrder):
+            return PartReceipt(item_id=order.item_id, index=index, error=error)
+        return ItemReceipt(item_id=order.item_id, error=error)
 
     def write_part(self, order: PartOrder, audio: AudioOutput, fine: StageOutput | None = None) -> PartReceipt:
         """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them),

@@ -140,12 +140,13 @@ def test_a_static_batch_is_admitted_only_into_an_empty_engine(stage):
 
 
 def test_a_stage_actor_fails_the_bad_chunk_and_returns_its_batch_mates(ray_session, stage, tiny_model_dir):
-    """Through a real semantic actor: four chunks queued together, one with a temperature that
-    slipped past validation; its call raises, the other three return their tokens."""
+    """Through a real semantic actor: four chunks sent as one group, one with a temperature that
+    slipped past validation; its output is a failure record, the other three return their tokens."""
     import ray
 
-    from workers.actors import ChunkFailed, SemanticWorker
+    from workers.actors import SemanticWorker
     from workers.config import StageConfig
+    from workers.records import ChunkFailure, GroupEntry
 
     actor = SemanticWorker.options(num_gpus=0).remote(
         ModelConfig(source=str(tiny_model_dir)), StageConfig(batch_size=4, max_wait_ms=500, num_gpus=0)
@@ -153,10 +154,11 @@ def test_a_stage_actor_fails_the_bad_chunk_and_returns_its_batch_mates(ray_sessi
     try:
         good = [a.request for a in _semantic_admissions(stage)[:3]]
         bad = _poisoned(good[0], 1e-38).model_copy(update={"key": "bad"})
-        refs = [actor.process.remote(r) for r in (good[0], bad, good[1], good[2])]
-        with pytest.raises(ray.exceptions.RayTaskError) as caught:
-            ray.get(refs[1])
-        assert isinstance(caught.value.cause, ChunkFailed) and "NaN" in str(caught.value.cause)
+        entries = [GroupEntry(request=r) for r in (good[0], bad, good[1], good[2])]
+        refs = actor.process_group.options(num_returns=4).remote(entries)
+        failed = ray.get(refs[1])
+        assert isinstance(failed, ChunkFailure) and failed.key == "bad", failed
+        assert failed.error.startswith("semantic: ") and "NaN" in failed.error
         alone = {f.handle: f.tokens for f in run_to_completion(ENGINES["semantic"][1](stage, 4), _semantic_admissions(stage)[:3])}
         for handle, ref in zip((0, 1, 2), (refs[0], refs[2], refs[3])):
             np.testing.assert_array_equal(ray.get(ref).tokens, alone[handle])

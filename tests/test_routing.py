@@ -21,7 +21,7 @@ from pipeline.sources import Item
 from pipeline.voices import load_voice
 from tests.conftest import REPO
 from workers.config import CoarseSampling
-from workers.records import CoarseRequest, StageOutput
+from workers.records import CoarseRequest, GroupEntry, StageOutput
 
 WORDS = "the quick brown fox jumps over a lazy dog while rain falls on every quiet street".split()
 
@@ -115,7 +115,8 @@ def test_chunks_read_their_voice_from_one_shared_ref_with_unchanged_tokens(ray_s
             upstream = None
             for stage, request in stage_requests(work)[:3]:
                 actor = pipeline.replicas[stage][0]
-                upstream = actor.process.remote(request.model_copy(update={"voice": voice}), upstream)
+                entry = GroupEntry(request=request.model_copy(update={"voice": voice}), upstream=0 if upstream else None)
+                upstream = actor.process_group.remote([entry], *([upstream] if upstream else []))
             expected = ray.get(upstream)
             for part in ("semantic", "coarse", "tokens"):
                 np.testing.assert_array_equal(getattr(got, part), getattr(expected, part), err_msg=f"{work.key} {part}")
@@ -159,8 +160,8 @@ def test_a_slowed_coarse_replica_gets_fewer_chunks_and_no_tokens_change(ray_sess
     slowed = job.pipeline.replicas["coarse"][0]
     rng = np.random.default_rng(3)
     loads = [
-        slowed.process.remote(
-            CoarseRequest(key=f"load-{n}", seed=n, sampling=CoarseSampling()),
+        slowed.process_group.remote(
+            [GroupEntry(request=CoarseRequest(key=f"load-{n}", seed=n, sampling=CoarseSampling()), upstream=0)],
             StageOutput(key=f"load-{n}", tokens=rng.integers(0, 10_000, LOAD_SEMANTIC_TOKENS)),
         )
         for n in range(LOAD_CHUNKS)

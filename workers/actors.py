@@ -1,11 +1,15 @@
 """The four Ray actors, one per Bark stage, each hosting only its own sub-model.
 
-The driver calls ``process`` once per chunk with the previous stage's output
-ref as an argument: Ray resolves it in this process, so tokens travel actor to
-actor and never through the driver. Each actor is an async actor: calls only
-queue their chunk (:class:`workers.batching.BatchQueue`) and wait, while one
-serving thread owns the model and drives the stage's engine, the same loop for
-every stage:
+The driver calls ``process_group`` once per group of chunks (one chunk or
+several sent in one turn of its loop) with the previous stage's output refs as
+top-level arguments: Ray resolves them in this process, so tokens travel actor
+to actor and never through the driver, and each chunk has its own output ref
+(``num_returns``). A group is how chunks travel, never how they are batched:
+each of its chunks is queued on its own (:class:`workers.batching.BatchQueue`)
+and handed back as its own output, or as a :class:`ChunkFailure` that fails it
+alone. Each actor is an async actor: calls only queue their chunks and wait,
+while one serving thread owns the model and drives the stage's engine, the same
+loop for every stage:
 
 - semantic and coarse: the slot engine (:class:`workers.engine.GptEngine`): a
   finished chunk leaves its slot at once and a queued one is prefilled into it
@@ -40,15 +44,11 @@ from workers.config import ModelConfig, StageConfig, StageName
 from workers.engine import Admission, Engine, Finished, GptEngine
 from workers.fine import FineEngine
 from workers.metrics import StageMetrics
-from workers.records import AudioOutput, BatchRecord, StageOutput, VoicePrompt
+from workers.records import AudioOutput, BatchRecord, ChunkFailure, GroupEntry, StageOutput, VoicePrompt
 from workers.semantic import SemanticPolicy
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SPANS_KEPT = 50_000  # forward-pass spans each replica remembers for stats()
-
-
-class ChunkFailed(RuntimeError):
-    """One chunk could not be computed (its own numbers went bad); the others went on."""
 
 
 def stage_device() -> torch.device:
@@ -58,7 +58,7 @@ def stage_device() -> torch.device:
 
 @dataclass(eq=False)  # identity: queued chunks are told apart by who they are, not by value
 class _Pending:
-    """A queued chunk and the future its ``process`` call awaits."""
+    """A queued chunk and the future its group call awaits for it."""
 
     request: object
     upstream: StageOutput | None
@@ -66,14 +66,12 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.perf_counter)
 
-    def resolve(self, result=None, error: BaseException | None = None) -> None:
+    def resolve(self, result: StageOutput | AudioOutput | ChunkFailure) -> None:
+        """From the serving thread: the chunk's output, or its failure record."""
+
         def settle() -> None:
-            if self.future.done():
-                return
-            if error is None:
+            if not self.future.done():
                 self.future.set_result(result)
-            else:
-                self.future.set_exception(error)
 
         self.loop.call_soon_threadsafe(settle)
 
@@ -100,7 +98,8 @@ class StageWorker:
         self._spans: deque[BatchRecord] = deque(maxlen=SPANS_KEPT)
         self._server: threading.Thread | None = None
         self.metrics = StageMetrics(self.stage, replica)
-        self.chunks_received = 0  # calls of process since start, for routing checks
+        self.chunks_received = 0  # chunks since start, for routing checks
+        self.calls_received = 0  # group calls since start: how many calls carried those chunks
         with warnings.catch_warnings():  # Ray 2.60 reads its own deprecated actor_id inside this property
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -121,26 +120,40 @@ class StageWorker:
             "pid": os.getpid(),
         }
 
-    async def process(
-        self,
-        request,
-        upstream: StageOutput | None = None,
-        history: StageOutput | None = None,
-        voice: VoicePrompt | None = None,
-    ):
-        """One chunk: ``upstream`` is the previous stage's output (all stages but semantic);
-        ``history`` an earlier chunk's output of this stage to continue from (chained voices);
-        ``voice`` the chunk's voice prompt, shipped once to the object store and resolved here
-        from its ref rather than pickled into every request. A history overrides both voices."""
-        if history is not None:
-            request = request.model_copy(update={"voice": self._voice_from(history)})
-        elif voice is not None:
-            request = request.model_copy(update={"voice": voice})
-        loop = asyncio.get_running_loop()
-        pending = _Pending(request, upstream, loop.create_future(), loop)
+    async def process_group(self, entries: list[GroupEntry], *inputs):
+        """A group of chunks, each queued on its own; returns each chunk's output (a StageOutput,
+        an AudioOutput, or a ChunkFailure) in order, as the call's ``num_returns`` outputs (one
+        output itself, not a list, for a group of one). ``inputs``: the refs the entries index,
+        resolved by Ray."""
         if self._server is None:
             self._server = threading.Thread(target=self._serve, name=f"{self.stage}-server", daemon=True)
             self._server.start()
+        self.calls_received += 1
+        outputs = await asyncio.gather(*(self._chunk(entry, inputs) for entry in entries))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    async def _chunk(self, entry: GroupEntry, inputs: tuple):
+        """One chunk: ``upstream`` is the previous stage's output (all stages but semantic);
+        ``history`` an earlier chunk's output of this stage to continue from (chained voices);
+        ``voice`` the chunk's voice prompt, shipped once to the object store and resolved here
+        from its ref rather than pickled into every request. A history overrides both voices.
+        A failed upstream is passed on as it is; a failed history fails the chunk."""
+        request = entry.request
+        upstream = inputs[entry.upstream] if entry.upstream is not None else None
+        history = inputs[entry.history] if entry.history is not None else None
+        if isinstance(upstream, ChunkFailure):
+            return upstream
+        if isinstance(history, ChunkFailure):
+            return ChunkFailure(key=request.key, error=f"{self.stage}: continues {history.key}, which failed")
+        try:
+            if history is not None:
+                request = request.model_copy(update={"voice": self._voice_from(history)})
+            elif entry.voice is not None:
+                request = request.model_copy(update={"voice": inputs[entry.voice]})
+        except Exception as exc:  # noqa: BLE001 - this chunk's inputs are bad: it fails alone
+            return ChunkFailure(key=request.key, error=f"{self.stage}: {_one_line(exc)}")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request, upstream, loop.create_future(), loop)
         self.metrics.chunk_received()
         self.chunks_received += 1
         self._queue.put(pending)
@@ -152,6 +165,10 @@ class StageWorker:
     def received(self) -> int:
         """How many chunks this replica was handed since it started (how the work was spread)."""
         return self.chunks_received
+
+    def calls(self) -> int:
+        """How many calls carried those chunks (fewer than the chunks where the driver groups them)."""
+        return self.calls_received
 
     # -- the serving thread -------------------------------------------------
 
@@ -203,7 +220,7 @@ class StageWorker:
         self._spans.append(BatchRecord(stage=self.stage, replica=self.replica, started=started, ended=ended, size=size, queued=queued))
 
     def _finish(self, finished: list[Finished]) -> None:
-        """Hands finished chunks back, or their one-line error."""
+        """Hands finished chunks back, or a failure record with their one-line error."""
         if not finished:
             return
         now = time.perf_counter()
@@ -213,7 +230,7 @@ class StageWorker:
         for f in finished:
             pending: _Pending = f.handle
             if f.error is not None:
-                pending.resolve(error=ChunkFailed(f"{self.stage}: {f.error}"))
+                pending.resolve(ChunkFailure(key=pending.request.key, error=f"{self.stage}: {f.error}"))
                 continue
             output = self._output(pending.request, f.tokens, pending.upstream, f.seconds)
             if isinstance(output, AudioOutput):
@@ -221,9 +238,10 @@ class StageWorker:
             pending.resolve(output)
 
     def _fail(self, pendings: list[_Pending], error: Exception) -> None:
+        """The engine failed as a whole: each chunk inside it fails, with the engine's error."""
         self.metrics.failure(len(pendings))
         for p in pendings:
-            p.resolve(error=error)
+            p.resolve(ChunkFailure(key=p.request.key, error=f"{self.stage}: {_one_line(error)}"))
 
     def _output(self, request, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
         """This stage's tokens, with the chunk's earlier tokens carried along for chained voices."""
@@ -246,6 +264,12 @@ class StageWorker:
             coarse_prompt=_or_empty(tokens.get("coarse"), (self.settings.n_coarse_codebooks, 0)),
             fine_prompt=_or_empty(tokens.get("fine"), (self.settings.n_fine_codebooks, 0)),
         )
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's last line (where a library puts the gist), else its type's name."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:

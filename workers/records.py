@@ -81,6 +81,29 @@ class AudioOutput(Record):
     ended_at_limit: bool = False  # carried from the semantic stage (see StageOutput)
 
 
+class ChunkFailure(Record):
+    """A chunk that failed in a stage, in its output's place: a group call returns one output per
+    chunk, so a chunk that fails is a record, not an exception that would fail its group mates.
+    Later stages pass it on untouched and the writer turns it into the chunk's error receipt."""
+
+    key: str
+    error: str = Field(description="one line, starting with the stage it failed in")
+
+
+class GroupEntry(Record):
+    """One chunk of a group call to a stage: its request, and where among the call's top-level
+    arguments (which Ray resolves before the call; a ref inside a list it would not) its inputs are.
+
+    ``upstream``: the previous stage's output of this chunk; ``history``: an earlier chunk's output
+    of this stage that it continues (chained voices); ``voice``: its voice prompt. A ref shared by
+    several chunks (the job's voice) is one argument, indexed by each."""
+
+    request: SemanticRequest | CoarseRequest | FineRequest | CodecRequest
+    upstream: int | None = None
+    history: int | None = None
+    voice: int | None = None
+
+
 class BatchRecord(Record):
     """One forward-pass span of a stage replica, for utilisation plots and tuning.
 
