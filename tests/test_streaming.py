@@ -59,11 +59,13 @@ def _wait_for(condition, timeout_s: float = 300.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_identical(ray_session, tiny_model_dir, tmp_path):
+def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_identical(ray_session, quick_model_dir, tmp_path):
     """Chained voices (back to the item's voice every 4 chunks, so chains run side by side): a resumed
-    chunk whose predecessor an earlier run finished continues from the tokens kept in its part."""
+    chunk whose predecessor an earlier run finished continues from the tokens kept in its part.
+    The tiny model with a short fine window (conftest.quick_model_dir): 300 chunks, each made
+    twice or more, at a few milliseconds of fine-stage work each rather than most of a second."""
     config = _config(
-        tmp_path, tiny_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32},
+        tmp_path, quick_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32},
         ray={"address": "local"},  # the commands start a Ray of their own, whatever else runs on this machine
     )
     book = tmp_path / "book.txt"
