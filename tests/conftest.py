@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import settings
 
 from s3_server import seaweed_fixture  # noqa: F401 - registers the session's s3_server fixture
 from session_ray import start_test_ray
+from workers.settings import GENERATION_CONFIG_FILE
 from workers.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +45,27 @@ os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+QUICK_FINE_WINDOW = 64
+
+
+@pytest.fixture(scope="session")
+def quick_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The session's tiny checkpoint with the fine stage's window shrunk, in its own generation
+    config, from Bark's 1024 frames (hop 512) to 64 (hop 32): for jobs of many chunks whose point is
+    not the fine window. The weights, vocabularies and every other constant are the tiny model's,
+    and the fine stage runs the same code (a voice's history, one window or several), but a
+    chunk of a few frames costs it milliseconds instead of most of a second on a CPU."""
+    directory = tmp_path_factory.mktemp("models") / "quick"
+    shutil.copytree(tiny_model_dir, directory)
+    path = directory / GENERATION_CONFIG_FILE
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["fine_acoustics_config"].update(
+        max_fine_input_length=QUICK_FINE_WINDOW, max_fine_history_length=QUICK_FINE_WINDOW // 2
+    )
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True), encoding="utf-8")
+    return directory
 
 
 @pytest.fixture(scope="session")

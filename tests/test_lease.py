@@ -234,16 +234,16 @@ def test_a_job_removes_the_temp_files_of_killed_runs_and_only_those(tiny_model_d
 # --- two jobs, one output ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_two_jobs_with_overlapping_inputs_narrate_and_record_every_id_once(ray_session, tiny_model_dir, tmp_path, request, where):
+def test_two_jobs_with_overlapping_inputs_narrate_and_record_every_id_once(ray_session, quick_model_dir, tmp_path, request, where):
     """Job B starts while job A is running on the same output, with 8 ids in common: B is refused with
     A named; run again once A is done, B narrates only its own ids. Every id is recorded once."""
     if where == "s3":
         s3 = request.getfixturevalue("s3_env")
         output = f"s3://{s3.bucket}/two-jobs/{tmp_path.name}"
-        config = load_config(_job_config(tmp_path, tiny_model_dir, s3={"endpoint_url": s3.endpoint_url}))
+        config = load_config(_job_config(tmp_path, quick_model_dir, s3={"endpoint_url": s3.endpoint_url}))
     else:
         output = str(tmp_path / "out")
-        config = load_config(_job_config(tmp_path, tiny_model_dir))
+        config = load_config(_job_config(tmp_path, quick_model_dir))
     rows = [dict(r, id=f"t{n:02d}") for n, r in enumerate(GOOD + GOOD[:4])]
     rows_a, rows_b = rows[:12], rows[4:]  # 8 in common
     source_a, source_b = _jsonl(tmp_path / "a.jsonl", rows_a), _jsonl(tmp_path / "b.jsonl", rows_b)

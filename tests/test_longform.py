@@ -103,7 +103,7 @@ def test_chained_chunks_continue_the_previous_chunks_tokens(ray_session, tiny_mo
         voice = VoicePrompt(name="previous", semantic_prompt=semantic, coarse_prompt=coarse, fine_prompt=fine)
 
 
-def test_same_audio_whatever_batching_replicas_or_order(ray_session, tiny_model_dir, tmp_path):
+def test_same_audio_whatever_batching_replicas_or_order(ray_session, quick_model_dir, tmp_path):
     """Chained voices, random item voice: the hardest case for ordering (fixed voices: test_pipeline)."""
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -116,7 +116,7 @@ def test_same_audio_whatever_batching_replicas_or_order(ray_session, tiny_model_
     results = []
     for n, layout in enumerate(layouts):
         stages = {s: {**layout, "num_gpus": 0.5} for s in ("semantic", "coarse", "fine", "codec")}
-        config = _config(tmp_path, tiny_model_dir, f"c{n}.yaml", voice_mode="chained", stages=stages, voice=None)
+        config = _config(tmp_path, quick_model_dir, f"c{n}.yaml", voice_mode="chained", stages=stages, voice=None)
         out = tmp_path / f"out{n}"
         _narrate(config, inputs, out)
         results.append({i: sf.read(out / f"{i}.wav", dtype="float32")[0] for i in ("a", "b")})

@@ -109,15 +109,15 @@ ROWS = [
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_forged_manifest_rows_are_plain_items_and_never_records(ray_session, tiny_model_dir, tmp_path, capsys, request, where):
+def test_forged_manifest_rows_are_plain_items_and_never_records(ray_session, quick_model_dir, tmp_path, capsys, request, where):
     subtitles = {"output": {"format": "wav", "subtitles": True}}  # a subtitle holds the row's text as a line
     if where == "s3":
         s3 = request.getfixturevalue("s3_env")
         output = f"s3://{s3.bucket}/namespace/{tmp_path.name}"
-        config = _job_config(tmp_path, tiny_model_dir, s3={"endpoint_url": s3.endpoint_url}, **subtitles)
+        config = _job_config(tmp_path, quick_model_dir, s3={"endpoint_url": s3.endpoint_url}, **subtitles)
     else:
         output = str(tmp_path / "out")
-        config = _job_config(tmp_path, tiny_model_dir, **subtitles)
+        config = _job_config(tmp_path, quick_model_dir, **subtitles)
     store = open_storage(output, load_config(config).s3)
     command = ["run", "--config", config, "--output", output, "--quiet"]
 

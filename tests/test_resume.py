@@ -64,10 +64,10 @@ def _records(out) -> dict[str, dict]:
     return {e["id"]: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
 
 
-def test_a_rerun_redoes_exactly_what_changed_and_tells_the_truth_in_its_exit_code(ray_session, tiny_model_dir, tmp_path, capsys):
+def test_a_rerun_redoes_exactly_what_changed_and_tells_the_truth_in_its_exit_code(ray_session, quick_model_dir, tmp_path, capsys):
     source = tmp_path / "rows.jsonl"
     out = tmp_path / "out"
-    command = ["run", "--config", _config(tmp_path, tiny_model_dir), "--input", str(source), "--output", str(out)]
+    command = ["run", "--config", _config(tmp_path, quick_model_dir), "--input", str(source), "--output", str(out)]
     _write(source, _rows(5, "Bravo speaks second.", "v2/en_speaker_6"))
 
     # 1. First run: four narrated, the unsayable text failed, the repeated id failed on the console only.

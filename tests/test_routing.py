@@ -141,18 +141,18 @@ def _tokens(out) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*.tokens/*.npz"))}
 
 
-def test_a_slowed_coarse_replica_gets_fewer_chunks_and_no_tokens_change(ray_session, tiny_model_dir, tmp_path, monkeypatch):
+def test_a_slowed_coarse_replica_gets_fewer_chunks_and_no_tokens_change(ray_session, quick_model_dir, tmp_path, monkeypatch):
     """Two coarse replicas, replica 0 (the one ties favour) slowed by long chunks of real work sent
     straight to its actor before the job: the job's chunks that land there wait behind them, so it
     keeps them outstanding and the job's later chunks go to replica 1. Every chunk's tokens equal
     those of the same job on one coarse replica."""
     started = time.perf_counter()
     reference = tmp_path / "one"
-    summary = NarrationJob(load_config(_config(tmp_path, tiny_model_dir, "one")), str(reference), quiet=True).run(iter(_items()))
+    summary = NarrationJob(load_config(_config(tmp_path, quick_model_dir, "one")), str(reference), quiet=True).run(iter(_items()))
     assert (summary.ok, summary.failed) == (N_ITEMS, 0)
     one_replica_s = time.perf_counter() - started
 
-    config = load_config(_config(tmp_path, tiny_model_dir, "two", coarse_replicas=2))
+    config = load_config(_config(tmp_path, quick_model_dir, "two", coarse_replicas=2))
     out = tmp_path / "two"
     job = NarrationJob(config, str(out), quiet=True)
     job.pipeline = StagePipeline(config)  # started here, so that its slow replica can be loaded first

@@ -297,12 +297,12 @@ def test_three_shards_make_the_objects_of_one_job_and_a_rerun_redoes_nothing(ray
     assert sorted(json.loads(line)["id"] for line in (sharded / MANIFEST_NAME).read_text().splitlines()) == sorted(ids)
 
 
-def test_two_shard_commands_share_one_output_at_the_same_time(tiny_model_dir, tmp_path):
+def test_two_shard_commands_share_one_output_at_the_same_time(quick_model_dir, tmp_path):
     """Two separate driver processes, shards 0/2 and 1/2, started together on one output: both hold
     their leases at once, and the output ends with every id narrated and recorded once."""
     rows = _rows_per_shard(1, 2)
     source = _jsonl(tmp_path / "rows.jsonl", rows)
-    config = _job_config(tmp_path, tiny_model_dir)
+    config = _job_config(tmp_path, quick_model_dir)
     out = tmp_path / "out"
     drivers = [
         subprocess.Popen(

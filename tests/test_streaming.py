@@ -20,6 +20,7 @@ from pathlib import Path
 import ray
 import yaml
 
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.job import NarrationJob
 from pipeline.scheduler import StagePipeline
@@ -59,11 +60,16 @@ def _wait_for(condition, timeout_s: float = 300.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_identical(ray_session, tiny_model_dir, tmp_path):
+def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_identical(ray_session, quick_model_dir, tmp_path, capsys):
     """Chained voices (back to the item's voice every 4 chunks, so chains run side by side): a resumed
-    chunk whose predecessor an earlier run finished continues from the tokens kept in its part."""
+    chunk whose predecessor an earlier run finished continues from the tokens kept in its part.
+    The tiny model with a short fine window (conftest.quick_model_dir): 300 chunks, each made
+    twice or more, at a few milliseconds of fine-stage work each rather than most of a second.
+    The two stopped runs are the command in its own process (and its own Ray); the run that
+    finishes the item is the same command in this process, on the session's Ray, sparing a
+    third start of Ray and of the stage models in a new process."""
     config = _config(
-        tmp_path, tiny_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32},
+        tmp_path, quick_model_dir, voice_mode="chained", voice_reset_every=4, scheduler={"max_chunks_in_flight": 32},
         ray={"address": "local"},  # the commands start a Ray of their own, whatever else runs on this machine
     )
     book = tmp_path / "book.txt"
@@ -90,9 +96,11 @@ def test_a_long_item_stopped_twice_resumes_from_its_last_finished_chunk_byte_ide
         kept.append(_parts(out))
         assert kept[-1] >= at, (stdout, stderr)
 
-    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert final.returncode == 0, final.stderr
-    resumed = [line for line in final.stderr.splitlines() if line.startswith("resumed book: ")]
+    capsys.readouterr()
+    code = main(command[3:])
+    final = capsys.readouterr()
+    assert code == 0, final.err
+    resumed = [line for line in final.err.splitlines() if line.startswith("resumed book: ")]
     assert resumed == [f"resumed book: {kept[1]} of {N_CHUNKS} chunks were done by an earlier run"]  # none made again
     assert (out / "book.wav").read_bytes() == (reference / "book.wav").read_bytes()
     ours, theirs = (json.loads((d / "book.json").read_text()) for d in (out, reference))
