@@ -93,9 +93,9 @@ def test_an_implausible_take_with_retakes_left_is_not_kept_and_the_last_one_is(t
 # --- jobs ----------------------------------------------------------------------------
 
 
-def _config(tmp_path, tiny_model_dir, name: str, quality: dict, **sections) -> str:
+def _config(tmp_path, model_dir, name: str, quality: dict, **sections) -> str:
     raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    raw["model"]["source"] = str(tiny_model_dir)
+    raw["model"]["source"] = str(model_dir)
     raw["text"]["max_chars"] = 50
     raw["output"].update(save_tokens=True, crossfade_s=0.0, trim={"enabled": False})
     raw["quality"] = quality
@@ -124,7 +124,7 @@ def _tokens(out, item: str, index: int):
     return voice.semantic_prompt, voice.coarse_prompt, voice.fine_prompt
 
 
-def test_retaken_chunks_say_why_and_every_other_chunk_is_unchanged(ray_session, tiny_model_dir, tmp_path, capsys):
+def test_retaken_chunks_say_why_and_every_other_chunk_is_unchanged(ray_session, quick_model_dir, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "book.txt").write_text(BOOK, encoding="utf-8")
@@ -132,7 +132,7 @@ def test_retaken_chunks_say_why_and_every_other_chunk_is_unchanged(ray_session, 
     judged_wide = {"duration_band": [0.0, 1000.0], "slack_s": 0.0}  # only the level decides below
 
     plain = tmp_path / "plain"
-    line = _run(_config(tmp_path, tiny_model_dir, "plain.yaml", {"retakes": 0, **judged_wide}), inputs, plain, capsys)
+    line = _run(_config(tmp_path, quick_model_dir, "plain.yaml", {"retakes": 0, **judged_wide}), inputs, plain, capsys)
     assert "retakes" not in line  # judged and recorded, never made again
     chunks = _chunks(plain, "book")
     assert len(chunks) >= 4 and all(c["take"] == 0 and c["retakes"] == [] for c in chunks)
@@ -141,7 +141,7 @@ def test_retaken_chunks_say_why_and_every_other_chunk_is_unchanged(ray_session, 
 
     retaken = tmp_path / "retaken"
     quality = {"retakes": 1, "silence_dbfs": threshold, **judged_wide}
-    line = _run(_config(tmp_path, tiny_model_dir, "retaken.yaml", quality), inputs, retaken, capsys)
+    line = _run(_config(tmp_path, quick_model_dir, "retaken.yaml", quality), inputs, retaken, capsys)
     judged = [c for c in chunks if c["check"]["ended_at_limit"] or c["check"]["rms_dbfs"] < threshold]
     quiet = [c["index"] for c in judged]
     assert 0 < len(quiet) < len(chunks)
@@ -164,7 +164,7 @@ def test_retaken_chunks_say_why_and_every_other_chunk_is_unchanged(ray_session, 
             np.testing.assert_array_equal(_chunk_audio(plain, "book", before), _chunk_audio(retaken, "book", after))
 
 
-def test_a_chunk_still_implausible_after_its_retakes_is_kept_and_counted(ray_session, tiny_model_dir, tmp_path, capsys):
+def test_a_chunk_still_implausible_after_its_retakes_is_kept_and_counted(ray_session, quick_model_dir, tmp_path, capsys):
     """Every level is under 0 dBFS: every take is implausible, so each chunk (a one-chunk item's too) is
     made twice, kept, and counted."""
     inputs = tmp_path / "in"
@@ -173,7 +173,7 @@ def test_a_chunk_still_implausible_after_its_retakes_is_kept_and_counted(ray_ses
     (inputs / "pair.txt").write_text("A first sentence here.\n\nAnd a second one there.", encoding="utf-8")
     out = tmp_path / "out"
     quality = {"retakes": 1, "silence_dbfs": 0.0}
-    line = _run(_config(tmp_path, tiny_model_dir, "all.yaml", quality), inputs, out, capsys)
+    line = _run(_config(tmp_path, quick_model_dir, "all.yaml", quality), inputs, out, capsys)
     chunks = _chunks(out, "line") + _chunks(out, "pair")
     assert len(chunks) == 3
     assert "; 3 retakes, 3 chunks kept implausible" in line
