@@ -353,7 +353,7 @@ class NarrationJob:
             else:
                 keep_tokens = save_tokens or plan.has_followers(index)
                 order = PartOrder(
-                    item_id=plan.item.id, fingerprint=plan.spec.fingerprint.value, index=index, keep_tokens=keep_tokens,
+                    item_id=plan.item.id, parts_id=plan.parts_id, index=index, keep_tokens=keep_tokens,
                     take=o.take,
                 )
             if keep_tokens:
@@ -485,7 +485,7 @@ class NarrationJob:
         except ItemRejected as exc:
             self._failed(item.id, exc.reason, exc.fingerprint)
             return None
-        finished = ledger.finished_chunks(item.id, spec.fingerprint, len(plan.chunks)) if len(plan.chunks) > 1 else set()
+        finished = ledger.finished_chunks(item.id, plan.parts_id, len(plan.chunks)) if len(plan.chunks) > 1 else set()
         if finished:
             ledger.resumed(item.id, len(finished), len(plan.chunks))
         self.progress.item_planned(item.id, len(plan.chunks) - len(finished))
@@ -503,7 +503,7 @@ class NarrationJob:
         if source in run.refs or source not in run.finished:
             return None
         if source not in run.voices:
-            part = self.ledger.part(run.plan.item.id, run.plan.spec.fingerprint, source)
+            part = self.ledger.part(run.plan.item.id, run.plan.parts_id, source)
             run.voices[source] = part.voice(f"chunk {source}")
         return run.voices[source]
 
@@ -521,6 +521,7 @@ class NarrationJob:
             model=self.config.model.source,
             fingerprint=spec.fingerprint.value,
             fingerprint_parts=spec.fingerprint.parts,
+            parts_id=plan.parts_id,
             chunks=[
                 ChunkOrder(
                     index=chunk.index, text=chunk.text, n_tokens=chunk.n_tokens, seed=seed,

@@ -67,6 +67,9 @@ class _S3Books:
 BOOKS: dict[type, type] = {LocalStore: _LocalBooks, S3Storage: _S3Books}
 
 
+_ITEM_WITH_PARTS = "\x1f"  # marks an item key in Ledger.partial (no item key holds a control character)
+
+
 class Ledger:
     def __init__(
         self,
@@ -89,7 +92,9 @@ class Ledger:
         self.force = force
         self.metrics = JobMetrics()
         self.seen_ids = DiskIdSet()  # the ids this run has seen (a repeated id fails): on disk, like the index
-        self.partial = DiskIdSet()  # "<item key>/<digest>" of every item with parts left by an earlier run
+        # "<item key>/<parts id>" of every item with parts left by an earlier run, and the item key alone
+        # (marked): parts of another fingerprint or split are removed once the item is done.
+        self.partial = DiskIdSet()
         try:
             self.lease = take_lease(storage, run_id, config.lease, on_lost=on_lost, shard=shard)
             try:
@@ -167,33 +172,37 @@ class Ledger:
         )
         return self._settled(files, fingerprint)
 
-    def finished_chunks(self, item_id: str, fingerprint: ItemFingerprint, n_chunks: int) -> set[int]:
-        """The chunks of this item (as fingerprinted now) that an earlier run left as parts."""
+    def finished_chunks(self, item_id: str, parts_id: str, n_chunks: int) -> set[int]:
+        """The chunks of this item (as fingerprinted and split now: :attr:`ItemPlan.parts_id`) that an
+        earlier run left as parts."""
         key = ItemFiles.of(item_id, self.config.output.format).key
-        if not self._has_parts(key, fingerprint):
+        if self._part_folder(key, parts_id) not in self.partial:
             return set()
-        indices = (part_index(name) for name in self.storage.list_keys(part_prefix(key, fingerprint.value)))
+        indices = (part_index(name) for name in self.storage.list_keys(part_prefix(key, parts_id)))
         return {i for i in indices if i is not None and i < n_chunks}
 
-    def part(self, item_id: str, fingerprint: ItemFingerprint, index: int) -> ChunkPart:
+    def part(self, item_id: str, parts_id: str, index: int) -> ChunkPart:
         """An earlier run's part, read back (for the tokens a later chunk continues from)."""
         key = ItemFiles.of(item_id, self.config.output.format).key
-        return ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, fingerprint.value, index)))
+        return ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, parts_id, index)))
 
     def _index_parts(self) -> None:
         """One listing of the parts folder at the start, so an item without parts costs no request."""
         for name in self.storage.list_keys(f"{PARTS_DIR}/"):
             if part_index(name) is not None:
-                self.partial.add(name.removeprefix(f"{PARTS_DIR}/").rsplit("/", 1)[0])
+                folder = name.removeprefix(f"{PARTS_DIR}/").rsplit("/", 1)[0]
+                self.partial.add(folder)
+                self.partial.add(_ITEM_WITH_PARTS + folder.rsplit("/", 1)[0])
 
     def _settled(self, files: ItemFiles, fingerprint: ItemFingerprint) -> Verdict:
         """A done item; parts left by a run stopped between writing it and removing them go now."""
-        if self._has_parts(files.key, fingerprint):
+        if _ITEM_WITH_PARTS + files.key in self.partial:
             remove_parts(self.storage, files.key)
         return Verdict("done")
 
-    def _has_parts(self, key: str, fingerprint: ItemFingerprint) -> bool:
-        return part_prefix(key, fingerprint.value).removeprefix(f"{PARTS_DIR}/").rstrip("/") in self.partial
+    @staticmethod
+    def _part_folder(key: str, parts_id: str) -> str:
+        return part_prefix(key, parts_id).removeprefix(f"{PARTS_DIR}/").rstrip("/")
 
     def _what_changed(self, files: ItemFiles, fingerprint: ItemFingerprint) -> str:
         """The fingerprint parts that differ from the item's metadata object ("voice, seed")."""

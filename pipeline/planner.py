@@ -11,6 +11,7 @@ by :meth:`Planner.plan`. A chunk's token ids are made when it is submitted
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -90,6 +91,14 @@ class ItemPlan:
 
     def has_followers(self, index: int) -> bool:
         return index in self.last_follower
+
+    @functools.cached_property
+    def parts_id(self) -> str:
+        """What names this item's parts: its fingerprint and a digest of its split. A fingerprint holds
+        when a change of the text front end keeps the settings a fingerprint sees, while the chunks
+        may differ; parts of another split are then never mixed into this one's audio."""
+        split = "\x1e".join(f"{c.text}\x1f{c.break_after}" for c in self.chunks)
+        return f"{self.spec.fingerprint.value}.{hashlib.sha256(split.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
 def history_sources(n_chunks: int, mode: VoiceMode, reset_every: int | None, has_voice: bool) -> list[int | None]:

@@ -51,7 +51,7 @@ from pipeline.subtitles import count_too_fast, cues_from_chunks, to_srt, to_vtt
 from pipeline.tokens import Codebooks, voice_npz_bytes
 from workers.records import AudioOutput, ChunkFailure, StageOutput, VoicePrompt
 
-PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<fingerprint digest>/<chunk index>.npz
+PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<parts id digest>/<chunk index>.npz
 PART_INDEX_DIGITS = 6
 TOKEN_STAGES = ("semantic", "coarse", "fine")
 
@@ -92,13 +92,14 @@ def parts_folder(key: str) -> str:
     return f"{PARTS_DIR}/{key}/"
 
 
-def part_prefix(key: str, fingerprint: str) -> str:
-    """The parts of an item made with this fingerprint (a changed item never reuses another's parts)."""
-    return f"{parts_folder(key)}{fingerprint.split(':')[-1]}/"
+def part_prefix(key: str, parts_id: str) -> str:
+    """The parts of an item made with this fingerprint and split (:attr:`pipeline.planner.ItemPlan.parts_id`):
+    a changed item never reuses another's parts."""
+    return f"{parts_folder(key)}{parts_id.split(':')[-1]}/"
 
 
-def part_key(key: str, fingerprint: str, index: int) -> str:
-    return f"{part_prefix(key, fingerprint)}{index:0{PART_INDEX_DIGITS}d}.npz"
+def part_key(key: str, parts_id: str, index: int) -> str:
+    return f"{part_prefix(key, parts_id)}{index:0{PART_INDEX_DIGITS}d}.npz"
 
 
 def part_index(name: str) -> int | None:
@@ -136,6 +137,7 @@ class ItemOrder(_Record):
     model: str
     fingerprint: str
     fingerprint_parts: dict[str, str]
+    parts_id: str  # what its parts are named by (pipeline.planner.ItemPlan.parts_id)
     chunks: list[ChunkOrder]
     started: float  # unix seconds the item was admitted, for its wall time
 
@@ -144,7 +146,7 @@ class PartOrder(_Record):
     """One take of a chunk of a multi-chunk item, to be kept as a part if plausible or out of retakes."""
 
     item_id: str
-    fingerprint: str
+    parts_id: str  # its item's (pipeline.planner.ItemPlan.parts_id)
     index: int
     keep_tokens: bool
     take: TakeOrder
@@ -294,7 +296,7 @@ class ItemWriter:
             return receipt.model_copy(update={"retake": check.implausible})
         part = ChunkPart.made(audio, fine if order.keep_tokens else None, order.take.kept(check))
         try:
-            self.storage.put_bytes(part_key(item_key(order.item_id), order.fingerprint, order.index), part.to_bytes())
+            self.storage.put_bytes(part_key(item_key(order.item_id), order.parts_id, order.index), part.to_bytes())
         except StorageError as exc:
             return receipt.model_copy(update={"error": redact(f"storage: {exc}")})
         return receipt.model_copy(update={"audio_s": check.audio_s, "implausible": self._kept_implausible(check)})
@@ -330,7 +332,7 @@ class ItemWriter:
         key = item_key(order.item_id)
         try:
             parts = [
-                ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, order.fingerprint, chunk.index)))
+                ChunkPart.from_bytes(self.storage.get_bytes(part_key(key, order.parts_id, chunk.index)))
                 for chunk in order.chunks
             ]
         except StorageError as exc:

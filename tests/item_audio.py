@@ -24,7 +24,7 @@ def decode(data: bytes) -> tuple[np.ndarray, int, av.audio.stream.AudioStream]:
 def one_chunk_item(item_id: str, audio: np.ndarray) -> tuple[ItemOrder, AudioOutput]:
     order = ItemOrder(
         item_id=item_id, title=None, extra={}, voice=None, voice_mode="fixed", language="en", seed=0, model="tiny",
-        fingerprint="fp1:" + "cd" * 16, fingerprint_parts={},
+        fingerprint="fp1:" + "cd" * 16, fingerprint_parts={}, parts_id="fp1:" + "cd" * 16,
         chunks=[
             ChunkOrder(index=0, text="Speech.", n_tokens=2, seed=0, voice=None, break_after="end", expected_s=len(audio) / RATE)
         ],

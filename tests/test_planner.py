@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
 from pipeline.config import load_config
 from pipeline.fingerprint import Fingerprinter
+from pipeline.ledger import Ledger
+from pipeline.object_store import LocalStore
 from pipeline.planner import ItemRejected, Planner, history_sources, last_followers
+from pipeline.progress import Progress
 from pipeline.seeds import chunk_seed, item_seed
 from pipeline.sources import Item, ItemError
+from pipeline.storage import item_key
+from pipeline.writer import part_key
 from tests.conftest import REPO
 from workers.checkpoints import load_settings_for, load_tokenizer
 
@@ -86,3 +93,23 @@ def test_the_plan_of_a_changed_item_has_another_fingerprint(planner):
     assert planner.spec(Item("a", TEXT)).fingerprint == one.fingerprint
     assert planner.spec(Item("a", TEXT + " More.")).fingerprint != one.fingerprint
     assert planner.spec(Item("a", TEXT, params={"seed": 7})).fingerprint != one.fingerprint
+
+
+def test_parts_are_named_by_the_split_as_well_as_the_fingerprint(planner, tmp_path):
+    """Two splits of one item under one fingerprint (a text front end changed, its settings not) never
+    share parts: a resume finds only the parts of the split it plans, and the item's others go once it is done."""
+    plan = planner.plan(planner.spec(Item("book/1", TEXT)))
+    other = dataclasses.replace(plan, chunks=(dataclasses.replace(plan.chunks[0], text="The keeper."), *plan.chunks[1:]))
+    assert other.spec.fingerprint == plan.spec.fingerprint and other.parts_id != plan.parts_id
+    assert planner.plan(planner.spec(Item("book/1", TEXT))).parts_id == plan.parts_id  # the same split, the same name
+
+    store = LocalStore(tmp_path)
+    key = item_key("book/1")
+    for index in (0, 1):
+        store.put_bytes(part_key(key, other.parts_id, index), b"a part of the other split")
+    ledger = Ledger(planner.config, store, "run", progress=Progress(quiet=True))
+    try:
+        assert ledger.finished_chunks("book/1", other.parts_id, len(plan.chunks)) == {0, 1}
+        assert ledger.finished_chunks("book/1", plan.parts_id, len(plan.chunks)) == set()
+    finally:
+        ledger.close()
