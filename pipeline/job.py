@@ -17,6 +17,11 @@ The chunks one turn of the loop has room for go out as a group (at most
 :attr:`StagePipeline.group_limit`): one call per stage and one to a writer for
 all of them, since a call, not a chunk, is what costs the driver most. Each
 chunk keeps its own refs and its own receipt inside the group's one answer.
+
+A chunk the writer judges implausible (:mod:`pipeline.retakes`) comes back
+unwritten and goes out again, first in the next turn, as its next take. While
+takes are judged, a chunk that continues another waits until that one's take
+is kept, so it continues the audio its item keeps.
 """
 
 from __future__ import annotations
