@@ -118,6 +118,7 @@ class _Sent:
 
     run: _ItemRun
     index: int
+    take: TakeOrder
     refs: ChunkRefs
 
 
@@ -357,16 +358,13 @@ class NarrationJob:
                 order, keep_tokens = self._order(run), save_tokens
             else:
                 keep_tokens = save_tokens or plan.has_followers(index)
-                order = PartOrder(
-                    item_id=plan.item.id, parts_id=plan.parts_id, index=index, keep_tokens=keep_tokens,
-                    take=o.take,
-                )
+                order = PartOrder(item_id=plan.item.id, parts_id=plan.parts_id, index=index, keep_tokens=keep_tokens)
             if keep_tokens:
                 fines.append(refs.fine)
             writes.append(
                 ChunkWrite(order=order, take=o.take, audio=i, fine=len(group) + len(fines) - 1 if keep_tokens else None)
             )
-            sent.append(_Sent(run, index, refs))
+            sent.append(_Sent(run, index, o.take, refs))
             if plan.has_followers(index):
                 run.refs[index] = refs  # a retake's refs replace the rejected take's
             source = plan.sources[index]
@@ -531,7 +529,6 @@ class NarrationJob:
                 ChunkOrder(
                     index=chunk.index, text=chunk.text, n_tokens=chunk.n_tokens, seed=seed,
                     voice=plan.chunk_voice(chunk.index), break_after=chunk.break_after,
-                    expected_s=estimate_speech_seconds(chunk.text, plan.language),
                 )
                 for chunk, seed in zip(plan.chunks, plan.seeds)
             ],
@@ -560,7 +557,7 @@ class NarrationJob:
         run.outstanding -= 1
         self.pipeline.finished(chunk.refs)
         if receipt.retake is not None:
-            self._retake(run, chunk.index, receipt.retake)
+            self._retake(chunk, receipt.retake)
             return
         if receipt.implausible is not None:
             self.progress.chunk_kept_implausible(run.plan.item.id, chunk.index, receipt.implausible)
@@ -579,13 +576,11 @@ class NarrationJob:
             if run.all_sent:
                 self._settle(run)
 
-    def _retake(self, run: _ItemRun, index: int, reason: str) -> None:
+    def _retake(self, chunk: _Sent, reason: str) -> None:
         """A take the writer judged implausible, with retakes left: the chunk is sent again with its next seed."""
-        take = run.take(index)
-        run.rejected.setdefault(index, []).append(
-            Retake(take=take, seed=take_seed(run.plan.seeds[index], take), reason=reason)
-        )
-        self.progress.chunk_retaken(run.plan.item.id, index, take + 1, reason)
+        run, index, take = chunk.run, chunk.index, chunk.take
+        run.rejected.setdefault(index, []).append(Retake(take=take.take, seed=take.seed, reason=reason))
+        self.progress.chunk_retaken(run.plan.item.id, index, take.take + 1, reason)
         self._retakes.append((run, index))
 
     def _settle(self, run: _ItemRun) -> None:

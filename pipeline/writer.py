@@ -121,7 +121,6 @@ class ChunkOrder(_Record):
     seed: int  # its first take's
     voice: str | None
     break_after: BreakKind
-    expected_s: float  # estimated speech seconds of its text, what its audio is judged against
 
 
 class ItemOrder(_Record):
@@ -143,13 +142,12 @@ class ItemOrder(_Record):
 
 
 class PartOrder(_Record):
-    """One take of a chunk of a multi-chunk item, to be kept as a part if plausible or out of retakes."""
+    """One chunk of a multi-chunk item, to be kept as a part."""
 
     item_id: str
     parts_id: str  # its item's (pipeline.planner.ItemPlan.parts_id)
     index: int
     keep_tokens: bool
-    take: TakeOrder
 
 
 class ChunkWrite(_Record):
@@ -157,7 +155,7 @@ class ChunkWrite(_Record):
     Ray resolves before the call) its audio and, where kept, its tokens are."""
 
     order: PartOrder | ItemOrder
-    take: TakeOrder  # which take of the chunk it is (a part's order says it too)
+    take: TakeOrder  # which take of the chunk it is
     audio: int
     fine: int | None = None
 
@@ -277,9 +275,9 @@ class ItemWriter:
             if isinstance(audio, ChunkFailure):
                 error = audio.error
             elif isinstance(order, PartOrder):
-                return self.write_part(order, audio, fine)
+                return self.write_part(order, audio, take, fine)
             else:
-                return self.write_item(order, audio, fine, take)
+                return self.write_item(order, audio, take, fine)
         except Exception as exc:  # noqa: BLE001 - a fault of this chunk's write: its item fails, with one line
             error = last_line(exc)
         error = f"chunk {index}: {error}"
@@ -287,14 +285,16 @@ class ItemWriter:
             return PartReceipt(item_id=order.item_id, index=index, error=error)
         return ItemReceipt(item_id=order.item_id, error=error)
 
-    def write_part(self, order: PartOrder, audio: AudioOutput, fine: StageOutput | None = None) -> PartReceipt:
-        """Keeps one finished chunk (``fine``: its tokens, when a later chunk or the output needs them),
+    def write_part(
+        self, order: PartOrder, audio: AudioOutput, take: TakeOrder, fine: StageOutput | None = None
+    ) -> PartReceipt:
+        """Keeps one take of a chunk (``fine``: its tokens, when a later chunk or the output needs them),
         unless it is implausible with retakes left: then nothing is written and the receipt asks for one."""
-        check = self._judge(audio, order.take)
+        check = self._judge(audio, take)
         receipt = PartReceipt(item_id=order.item_id, index=order.index)
-        if self._retake(check, order.take):
+        if self._retake(check, take):
             return receipt.model_copy(update={"retake": check.implausible})
-        part = ChunkPart.made(audio, fine if order.keep_tokens else None, order.take.kept(check))
+        part = ChunkPart.made(audio, fine if order.keep_tokens else None, take.kept(check))
         try:
             self.storage.put_bytes(part_key(item_key(order.item_id), order.parts_id, order.index), part.to_bytes())
         except StorageError as exc:
@@ -302,13 +302,10 @@ class ItemWriter:
         return receipt.model_copy(update={"audio_s": check.audio_s, "implausible": self._kept_implausible(check)})
 
     def write_item(
-        self, order: ItemOrder, audio: AudioOutput, fine: StageOutput | None = None, take: TakeOrder | None = None
+        self, order: ItemOrder, audio: AudioOutput, take: TakeOrder, fine: StageOutput | None = None
     ) -> ItemReceipt:
-        """An item of one chunk, written straight from its audio (``take``: which take it is; by default
-        the first), unless the chunk is implausible with retakes left: then the receipt asks for one."""
-        if take is None:
-            [chunk] = order.chunks
-            take = TakeOrder(seed=chunk.seed, expected_s=chunk.expected_s)
+        """An item of one chunk, written straight from this take of its audio, unless the take is
+        implausible with retakes left: then nothing is written and the receipt asks for one."""
         check = self._judge(audio, take)
         if self._retake(check, take):
             return ItemReceipt(item_id=order.item_id, retake=check.implausible)
@@ -386,7 +383,7 @@ class ItemWriter:
         checksum = f"sha256:{hashlib.sha256(encoded).hexdigest()}"
         chunks = [
             ChunkMetadata(
-                **{**chunk.model_dump(exclude={"expected_s"}), **_kept_fields(part.kept)},
+                **{**chunk.model_dump(), **_kept_fields(part.kept)},
                 start_s=start / rate, end_s=end / rate, samples=end - start,
             )
             for chunk, part, (start, end) in zip(order.chunks, parts, bounds)

@@ -80,12 +80,12 @@ def test_an_implausible_take_with_retakes_left_is_not_kept_and_the_last_one_is(t
     audio = AudioOutput(key="a#0", audio=speech_like(0.5), sample_rate=RATE)
     fingerprint = "fp1:" + "ef" * 16
     first = TakeOrder(take=0, seed=7, expected_s=9.0)
-    receipt = writer.write_part(PartOrder(item_id="a", parts_id=fingerprint, index=0, keep_tokens=False, take=first), audio)
+    receipt = writer.write_part(PartOrder(item_id="a", parts_id=fingerprint, index=0, keep_tokens=False), audio, first)
     assert receipt.retake is not None and "under 0.3x" in receipt.retake and receipt.error is None
     assert list(store.list_keys(f"{PARTS_DIR}/")) == []  # nothing kept
 
     last = TakeOrder(take=1, seed=take_seed(7, 1), expected_s=9.0)
-    receipt = writer.write_part(PartOrder(item_id="a", parts_id=fingerprint, index=0, keep_tokens=False, take=last), audio)
+    receipt = writer.write_part(PartOrder(item_id="a", parts_id=fingerprint, index=0, keep_tokens=False), audio, last)
     assert receipt.retake is None and receipt.implausible is not None  # out of retakes: kept, and said so
     assert list(store.list_keys(f"{PARTS_DIR}/")) == [part_key("a", fingerprint, 0)]
 

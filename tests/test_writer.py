@@ -57,8 +57,7 @@ def _order(item_id: str, n: int) -> ItemOrder:
         item_id=item_id, title="T", extra={"row": 1}, voice="v2/en_speaker_6", voice_mode="chained", language="en",
         seed=5, model="tiny", fingerprint=FINGERPRINT, fingerprint_parts={"text": "t"}, parts_id=FINGERPRINT,
         chunks=[
-            ChunkOrder(index=i, text=f"Chunk {i}.", n_tokens=3, seed=100 + i, voice="chunk", break_after="end" if i == n - 1 else "sentence",
-                expected_s=0.5)
+            ChunkOrder(index=i, text=f"Chunk {i}.", n_tokens=3, seed=100 + i, voice="chunk", break_after="end" if i == n - 1 else "sentence")
             for i in range(n)
         ],
         started=0.0,
@@ -69,7 +68,7 @@ def test_parts_are_kept_then_assembled_into_the_item_and_removed(tmp_path):
     store = LocalStore(tmp_path)
     writer = ItemWriter(store, OutputConfig(save_tokens=True), Codebooks.of(BarkSettings()))
     for index in (2, 0, 1):  # parts land in any order
-        receipt = writer.write_part(PartOrder(item_id="book/1", parts_id=FINGERPRINT, index=index, keep_tokens=True, take=_take(index)), _audio(index), _fine(index))
+        receipt = writer.write_part(PartOrder(item_id="book/1", parts_id=FINGERPRINT, index=index, keep_tokens=True), _audio(index), _take(index), _fine(index))
         assert receipt.error is None
     names = list(store.list_keys(f"{PARTS_DIR}/"))
     assert names == [part_key("book/1", FINGERPRINT, i) for i in range(3)]
@@ -110,7 +109,7 @@ def test_a_part_round_trips_exactly_and_never_unpickles():
 def test_an_item_whose_part_is_missing_fails_alone_and_keeps_its_parts(tmp_path):
     store = LocalStore(tmp_path)
     writer = ItemWriter(store, OutputConfig(), Codebooks.of(BarkSettings()))
-    writer.write_part(PartOrder(item_id="a", parts_id=FINGERPRINT, index=0, keep_tokens=False, take=_take(0)), _audio(0))
+    writer.write_part(PartOrder(item_id="a", parts_id=FINGERPRINT, index=0, keep_tokens=False), _audio(0), _take(0))
     receipt = writer.finish(_order("a", 2))
     assert receipt.entry is None and receipt.error.startswith("storage: ") and "\n" not in receipt.error
     assert list(store.list_keys(f"{PARTS_DIR}/")) == [part_key("a", FINGERPRINT, 0)]
@@ -119,6 +118,6 @@ def test_an_item_whose_part_is_missing_fails_alone_and_keeps_its_parts(tmp_path)
 
 def test_an_item_of_one_chunk_is_written_without_parts(tmp_path):
     store = LocalStore(tmp_path)
-    receipt = ItemWriter(store, OutputConfig(format="flac"), Codebooks.of(BarkSettings())).write_item(_order("solo", 1), _audio(0))
+    receipt = ItemWriter(store, OutputConfig(format="flac"), Codebooks.of(BarkSettings())).write_item(_order("solo", 1), _audio(0), _take(0))
     assert receipt.error is None and receipt.entry.uri.endswith("solo.flac")
     assert sorted(store.list_keys("")) == ["solo.flac", "solo.json", "solo.srt", "solo.vtt"]
