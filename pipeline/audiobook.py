@@ -38,9 +38,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.assembly import ItemMetadata
-from pipeline.console import last_line, redact
+from pipeline.console import redact
 from pipeline.object_store import Storage, StorageError
 from pipeline.storage import BOOKKEEPING_DIR, item_key
+from workers.errors import last_line
 
 AUDIOBOOK_SUFFIX = "m4b"
 BOOKS_DIR = f"{BOOKKEEPING_DIR}/books"  # <book key>.json: what each audiobook was made from

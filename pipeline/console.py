@@ -61,13 +61,6 @@ def redact(text: str) -> str:
     return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
 
 
-def last_line(exc: BaseException) -> str:
-    """An error on one line, for a record or a console line: its message's last line (where a
-    library puts the gist), else its type's name."""
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
-
-
 def escape_controls(text: str) -> str:
     """Control characters shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``): one printed line stays one line."""
     return _UNSAFE.sub(_escape_one, text)

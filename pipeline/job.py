@@ -37,7 +37,6 @@ import ray
 from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
 from pipeline.books import BookTracker
 from pipeline.config import JobConfig
-from pipeline.console import last_line
 from pipeline.fingerprint import Fingerprinter, ItemFingerprint
 from pipeline.ledger import Ledger
 from pipeline.manifest import new_run_id
@@ -54,6 +53,7 @@ from pipeline.stop import StopRequested
 from pipeline.writer import ChunkOrder, ChunkWrite, ItemOrder, ItemReceipt, PartOrder, PartReceipt
 from pipeline.writer_pool import WriterPool
 from workers.checkpoints import load_settings_for, load_tokenizer, resolve_text_dir
+from workers.errors import last_line
 from workers.records import VoicePrompt
 
 log = logging.getLogger(__name__)

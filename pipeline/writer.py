@@ -40,7 +40,7 @@ from pydantic_core import PydanticSerializationError
 from pipeline.assembly import BreakKind, ChunkMetadata, ItemMetadata, join_chunks, resample, trim_chunk
 from pipeline.audiobook import BookOrder, BookReceipt, write_audiobook
 from pipeline.config import OutputConfig, QualityConfig, VoiceMode
-from pipeline.console import last_line, redact
+from pipeline.console import redact
 from pipeline.encoding import encode_audio
 from pipeline.loudness import normalize_loudness
 from pipeline.manifest import ManifestEntry
@@ -49,6 +49,7 @@ from pipeline.retakes import ChunkCheck, KeptTake, TakeOrder, judge
 from pipeline.storage import BOOKKEEPING_DIR, item_key
 from pipeline.subtitles import count_too_fast, cues_from_chunks, to_srt, to_vtt
 from pipeline.tokens import Codebooks, voice_npz_bytes
+from workers.errors import last_line
 from workers.records import AudioOutput, ChunkFailure, StageOutput, VoicePrompt
 
 PARTS_DIR = f"{BOOKKEEPING_DIR}/parts"  # <item key>/<parts id digest>/<chunk index>.npz

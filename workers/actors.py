@@ -42,6 +42,7 @@ from workers.codec import CodecEngine
 from workers.coarse import CoarsePolicy
 from workers.config import ModelConfig, StageConfig, StageName
 from workers.engine import Admission, Engine, Finished, GptEngine
+from workers.errors import last_line
 from workers.fine import FineEngine
 from workers.metrics import StageMetrics
 from workers.records import AudioOutput, BatchRecord, ChunkFailure, GroupEntry, StageOutput, VoicePrompt
@@ -151,7 +152,7 @@ class StageWorker:
             elif entry.voice is not None:
                 request = request.model_copy(update={"voice": inputs[entry.voice]})
         except Exception as exc:  # noqa: BLE001 - this chunk's inputs are bad: it fails alone
-            return ChunkFailure(key=request.key, error=f"{self.stage}: {_one_line(exc)}")
+            return ChunkFailure(key=request.key, error=f"{self.stage}: {last_line(exc)}")
         loop = asyncio.get_running_loop()
         pending = _Pending(request, upstream, loop.create_future(), loop)
         self.metrics.chunk_received()
@@ -241,7 +242,7 @@ class StageWorker:
         """The engine failed as a whole: each chunk inside it fails, with the engine's error."""
         self.metrics.failure(len(pendings))
         for p in pendings:
-            p.resolve(ChunkFailure(key=p.request.key, error=f"{self.stage}: {_one_line(error)}"))
+            p.resolve(ChunkFailure(key=p.request.key, error=f"{self.stage}: {last_line(error)}"))
 
     def _output(self, request, result, upstream: StageOutput | None, seconds: float) -> StageOutput:
         """This stage's tokens, with the chunk's earlier tokens carried along for chained voices."""
@@ -264,12 +265,6 @@ class StageWorker:
             coarse_prompt=_or_empty(tokens.get("coarse"), (self.settings.n_coarse_codebooks, 0)),
             fine_prompt=_or_empty(tokens.get("fine"), (self.settings.n_fine_codebooks, 0)),
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error's last line (where a library puts the gist), else its type's name."""
-    lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _or_empty(tokens: np.ndarray | None, empty_shape: tuple) -> np.ndarray:
